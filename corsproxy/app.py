@@ -1,0 +1,44 @@
+"""build_app(): the proxy application, its live config and its one pooled ClientSession."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .proxy import LIVE_KEY, OBSERVERS_KEY, SESSION_KEY, Live, Observer, Snapshot, client_ssl, handle
+
+
+def build_app(config: Config, *, observers: Iterable[Observer] = ()) -> web.Application:
+    """The proxy app for ``config``; ``observers`` are told about every finished request."""
+    app = web.Application(handler_args={"max_field_size": 16 * 1024})
+    app[LIVE_KEY] = Live(Snapshot.build(config))
+    app[OBSERVERS_KEY] = list(observers)
+    app.cleanup_ctx.append(_client_session)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    # One pool for the process (aiohttp docs, "Persistent session"). Upstream TLS and pool
+    # settings are read here, so they change on restart, not on reload.
+    config = app[LIVE_KEY].current.config
+    connector = aiohttp.TCPConnector(
+        limit=config.upstream.max_connections, ssl=client_ssl(config), enable_cleanup_closed=False
+    )
+    async with aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # encoded bodies pass byte for byte
+        cookie_jar=aiohttp.DummyCookieJar(),  # SECURITY: never carry one client's cookies to another
+        trust_env=False,
+        read_bufsize=2**16,
+    ) as session:
+        app[SESSION_KEY] = session
+        yield
+
+
+def reload(app: web.Application, config: Config) -> None:
+    """Swap the config in force; requests already running keep the snapshot they started with."""
+    app[LIVE_KEY].current = Snapshot.build(config)

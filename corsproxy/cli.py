@@ -1,0 +1,158 @@
+"""The command line: serve, check, explain, demo. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from multidict import CIMultiDict
+
+from . import __version__
+from .config import Config, ConfigError, default_config_path, describe, load, with_overrides
+from .lint import lint
+from .paths import BadPath, decode_path
+from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
+
+EXIT_OK = 0
+EXIT_DENIED = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{len(exc.issues)} error(s); nothing was started", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corsproxy",
+        description="A CORS reverse proxy: forwards every request to one upstream and writes the "
+        "Access-Control-* headers from rules in a YAML file.",
+    )
+    parser.add_argument("--version", action="version", version=f"corsproxy {__version__}")
+    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy", description="Run the proxy in front of the upstream.")
+    _config_arg(serve)
+    serve.add_argument("--host", help="listen address (overrides listen.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    serve.add_argument("--upstream", metavar="URL", help="upstream base URL (overrides upstream.url)")
+    serve.add_argument("--workers", default="1", help="processes sharing the port (a number, or 'auto')")
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check", help="validate the config and print the effective rules",
+                           description="Validate the config: every error at once as FILE:LINE:COL: field: "
+                           "message; warnings about risky rules. Exit 0 when usable, 2 when not.")
+    _config_arg(check)
+    check.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
+    check.add_argument("--json", action="store_true", help="print the effective config as JSON")
+    check.set_defaults(func=_check)
+
+    explain = sub.add_parser("explain", help="show how one request would be answered, and why",
+                             description="Decide one request as the proxy would and print the matched rule, "
+                             "the verdict, the reason and the exact CORS response headers. "
+                             "Exit 0 allowed (or no rule), 1 denied, 2 bad config.")
+    _config_arg(explain)
+    explain.add_argument("--origin", required=True, help="the Origin the browser sends")
+    explain.add_argument("--method", default="GET", help="the request method (default GET)")
+    explain.add_argument("--path", default="/", help="the request path (default /)")
+    explain.add_argument("--header", action="append", default=[], metavar="NAME",
+                         help="a non-safelisted request header the page sets (repeatable)")
+    explain.add_argument("--preflight", action="store_true",
+                         help="explain the OPTIONS preflight the browser sends first")
+    explain.set_defaults(func=_explain)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file (default: $CORSPROXY_CONFIG, else ./config.yaml)")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load(args.config or default_config_path())
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve  # aiohttp is only needed here
+
+    def load_config() -> Config:
+        return with_overrides(_load(args), host=args.host, port=args.port, upstream=args.upstream)
+
+    config = load_config()
+    logging.basicConfig(level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    return asyncio.run(serve(config, load_config))
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    warnings = lint(config)
+    if args.json:
+        print(json.dumps(describe(config), indent=2))
+    else:
+        print(f"{config.source}: OK, upstream {config.upstream.url}, {len(config.rules)} rule(s)")
+        for rule in config.rules:
+            print(f"  {rule.name}: paths {', '.join(rule.paths.patterns)}; origins "
+                  f"{', '.join(map(_show_origin, rule.allow_origins))}; methods {', '.join(rule.allow_methods)}"
+                  f"{'; credentials' if rule.allow_credentials else ''}"
+                  f"{'; ' + rule.mode if rule.mode != 'enforce' else ''}")
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    return EXIT_CONFIG if args.strict and warnings else EXIT_OK
+
+
+def _show_origin(entry: object) -> str:
+    return f"regex {entry['regex']}" if isinstance(entry, dict) else str(entry)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    config = _load(args)
+    headers = {"Origin": args.origin}
+    method = args.method
+    if args.preflight:
+        headers["Access-Control-Request-Method"] = args.method
+        if args.header:
+            headers["Access-Control-Request-Headers"] = ", ".join(h.lower() for h in args.header)
+        method = "OPTIONS"
+    try:
+        path = decode_path(args.path)
+    except BadPath as exc:
+        print(f"path:     {args.path}\nverdict:  bad request\nreason:   {exc}; the proxy answers 400")
+        return EXIT_DENIED
+    decision = decide(Policy.from_config(config), CorsRequest.from_headers(method, path, headers))
+    _print_decision(config, args, method, decision)
+    return EXIT_DENIED if decision.verdict.startswith("denied") else EXIT_OK
+
+
+def _print_decision(config: Config, args: argparse.Namespace, method: str, decision: Decision) -> None:
+    print(f"request:  {method} {args.path}  Origin: {args.origin}")
+    if decision.rule is None:
+        print("rule:     none matches; the request is forwarded untouched (no CORS headers added or removed)")
+        return
+    rule = decision.rule.rule
+    line = config.marks.get(f"rules[{rule.index}]", (0, 0))[0]
+    print(f"rule:     {rule.name} (rules[{rule.index}], {config.source}:{line})"
+          f"{'  [report-only: nothing is changed]' if not decision.enforce else ''}")
+    print(f"verdict:  {decision.verdict}")
+    print(f"reason:   {decision.reason}")
+    if decision.status is not None and decision.enforce:
+        print(f"response: {decision.status} from the proxy (the upstream is not contacted)")
+        out = respond_headers(decision)
+    else:
+        print("response: forwarded; the upstream's response gets these CORS headers:")
+        merged: CIMultiDict[str] = CIMultiDict()
+        finish(decision, merged)
+        out = list(merged.items())
+    for name, value in out:
+        print(f"  {name}: {value}")
+    if decision.status == 403 and decision.enforce:
+        print(f"  (body) {decision.body.decode().strip()}")

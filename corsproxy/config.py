@@ -1,0 +1,640 @@
+"""YAML config -> frozen, typed objects, with every check in one place.
+
+Errors: everything wrong with a file is collected and raised at once as one
+:class:`ConfigError`, each line ``FILE:LINE:COL: field.path: what is wrong and how to
+fix it``; positions come from the YAML nodes (``yaml.compose``).
+
+Strings may use ``${VAR}`` and ``${VAR:-default}``; an unset variable without a
+default is an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from yarl import URL
+
+from .headers import TOKEN_RE
+from .origins import IndexedError, OriginSet, compile_origins
+from .paths import PathSet, compile_paths
+
+HostHeader = Literal["upstream", "preserve"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+DisallowedOrigin = Literal["forward", "reject"]
+Mode = Literal["enforce", "report-only"]
+UpstreamCors = Literal["replace", "keep"]
+DeniedPreflight = Literal["reject", "forward"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_CONFIG_PATH = "config.yaml"
+ANY = ("*",)
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SIZE_RE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``issues`` holds one ``FILE:LINE:COL: field: message`` each."""
+
+    def __init__(self, issues: list[str]) -> None:
+        super().__init__("\n".join(issues))
+        self.issues = issues
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls: TLSConfig | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    url: str
+    host_header: HostHeader = "upstream"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_connections: int = 100
+    tls_verify: bool = True
+    ca_file: str | None = None
+    forwarded_headers: bool = True
+    rewrite_location: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_body_size: int | None = 10 * 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9901
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "text"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DebugConfig:
+    decision_header: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One CORS rule, as written (for display) and compiled (for matching)."""
+
+    name: str
+    index: int
+    paths: PathSet
+    origins: OriginSet
+    allow_origins: tuple[str | Mapping[str, str], ...]
+    allow_methods: tuple[str, ...] = ("GET", "HEAD", "POST")  # ANY for "*"
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age: int | None = 600
+    allow_private_network: bool = False
+    timing_allow_origin: bool = False
+    disallowed_origin: DisallowedOrigin = "forward"
+    mode: Mode = "enforce"
+    upstream_cors: UpstreamCors = "replace"
+    denied_preflight: DeniedPreflight = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    upstream: UpstreamConfig
+    rules: tuple[Rule, ...]
+    listen: ListenConfig = ListenConfig()
+    limits: LimitsConfig = LimitsConfig()
+    admin: AdminConfig | None = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+    debug: DebugConfig = DebugConfig()
+    source: str = "<string>"
+    sha256: str = ""
+    # "rules[1].allow_origins[0]" -> (line, column), 1-based; for lint warnings.
+    marks: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+
+
+# --------------------------------------------------------------------- loading
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and check a config file; raises :class:`ConfigError` listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [f"{path}: cannot read the config file ({exc.strerror}); pass -c PATH or set $CORSPROXY_CONFIG"]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the config file is not UTF-8 text; save it as UTF-8"]) from None
+    return parse(text, str(path), os.environ if env is None else env)
+
+
+def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+    """Check a config given as YAML text; ``source`` names it in messages."""
+    reader = _Reader(source, os.environ if env is None else env)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: YAML syntax: {problem}; check indentation and quoting there"]) from None
+    data = reader.value(node, "") if node is not None else {}
+    config = reader.build(data)
+    if reader.issues:
+        raise ConfigError(sorted(reader.issues, key=_line_of))
+    assert config is not None
+    return dataclasses.replace(config, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def _line_of(issue: str) -> tuple[int, int]:
+    m = re.search(r":(\d+):(\d+): ", issue)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
+                   upstream: str | None = None) -> Config:
+    """Apply command-line flags (which win over the file)."""
+    listen = config.listen
+    if host is not None:
+        listen = dataclasses.replace(listen, host=host)
+    if port is not None:
+        listen = dataclasses.replace(listen, port=port)
+    up = config.upstream
+    if upstream is not None:
+        try:
+            up = dataclasses.replace(up, url=_upstream_url(upstream))
+        except ValueError as exc:
+            raise ConfigError([f"--upstream: {exc}"]) from None
+    return dataclasses.replace(config, listen=listen, upstream=up)
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> str:
+    return (os.environ if env is None else env).get("CORSPROXY_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+# ------------------------------------------------------------ field parsers
+# Each takes the plain value and returns the typed one, or raises ValueError(fix).
+
+Parser = Callable[[Any], Any]
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _number(minimum: float = 0.0) -> Parser:
+    def parse(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < minimum:
+            raise ValueError(f"expected a number of seconds >= {minimum:g}, got {v!r}")
+        return float(v)
+
+    return parse
+
+
+def _int(minimum: int, maximum: int) -> Parser:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+            raise ValueError(f"expected a whole number from {minimum} to {maximum}, got {v!r}")
+        return v
+
+    return parse
+
+
+def _optional(parse: Parser) -> Parser:
+    return lambda v: None if v is None else parse(v)
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {v!r}{_did_you_mean(v, choices)}")
+        return v
+
+    return parse
+
+
+def _size(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    m = _SIZE_RE.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
+        raise ValueError(f"expected bytes as a whole number or with KiB/MiB/GiB (e.g. 10MiB), got {v!r}")
+    return int(m[1]) * _SIZE_UNITS[(m[2] or "b").lower()]
+
+
+def _file(v: Any) -> str:
+    path = _str(v)
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"cannot read file {path!r}; give a path that exists and is readable")
+    return path
+
+
+def _upstream_url(v: Any) -> str:
+    text = _str(v)
+    try:
+        url = URL(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a URL ({exc}); write e.g. http://127.0.0.1:9000") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{text!r} must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:9000")
+    if url.raw_query_string or url.raw_fragment:
+        raise ValueError(f"{text!r} may carry a base path but no query or fragment; drop from '?' or '#' on")
+    return str(url).rstrip("/")
+
+
+def _networks(v: Any) -> tuple[IPNetwork, ...]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
+    try:
+        return tuple(ipaddress.ip_network(str(item), strict=False) for item in v)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; write addresses or CIDRs such as 10.0.0.0/8") from None
+
+
+def _tokens(kind: str, example: str) -> Parser:
+    """A list of HTTP tokens (methods, header names), or ``"*"``."""
+
+    def parse(v: Any) -> tuple[str, ...]:
+        if v == "*" or v == ["*"]:
+            return ANY
+        if isinstance(v, str):
+            raise ValueError(f"expected a list, e.g. [{example}], or \"*\"")
+        if not isinstance(v, list):
+            raise ValueError(f"expected a list of {kind}s, e.g. [{example}], or \"*\"")
+        for i, item in enumerate(v):
+            if item == "*":
+                raise IndexedError(i, f"'*' cannot be mixed with names; write {kind}s: \"*\" alone")
+            if not isinstance(item, str) or not TOKEN_RE.fullmatch(item):
+                raise IndexedError(i, f"{item!r} is not a valid {kind} name (letters, digits, -_!#$%&'*+.^`|~)")
+        return tuple(v)
+
+    return parse
+
+
+def _did_you_mean(word: Any, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    parse: Parser
+    default: Any = None
+    required: bool = False
+
+
+def _env_default(env: Mapping[str, str], name: str) -> str:
+    return env.get(name) or "127.0.0.1"
+
+
+_LISTEN = {
+    "host": _Field(_str),
+    "port": _Field(_int(0, 65535), 8080),
+    "tls": _Field(lambda v: v),  # checked as a section below
+    "trusted_proxies": _Field(_networks, ()),
+    "drain_timeout": _Field(_number(), 10.0),
+}
+_TLS = {"cert": _Field(_file, required=True), "key": _Field(_file, required=True)}
+_UPSTREAM = {
+    "url": _Field(_upstream_url, required=True),
+    "host_header": _Field(_choice("upstream", "preserve"), "upstream"),
+    "connect_timeout": _Field(_number(0.001), 5.0),
+    "read_timeout": _Field(_number(0.001), 60.0),
+    "max_connections": _Field(_int(1, 100_000), 100),
+    "tls_verify": _Field(_bool, True),
+    "ca_file": _Field(_optional(_file)),
+    "forwarded_headers": _Field(_bool, True),
+    "rewrite_location": _Field(_bool, True),
+}
+_LIMITS = {"max_body_size": _Field(_size, 10 * 1024**2)}
+_ADMIN = {"host": _Field(_str), "port": _Field(_int(0, 65535), 9901)}
+_LOGGING = {
+    "level": _Field(_choice("debug", "info", "warning", "error"), "info"),
+    "format": _Field(_choice("text", "json"), "text"),
+    "access_log": _Field(_bool, True),
+}
+_DEBUG = {"decision_header": _Field(_bool, False)}
+_RULE_FIELDS = {
+    "allow_origins": _Field(lambda v: v),  # checked in _Reader.rule
+    "allow_methods": _Field(_tokens("method", "GET, POST"), ("GET", "HEAD", "POST")),
+    "allow_headers": _Field(_tokens("header", "Content-Type, Authorization"), ()),
+    "expose_headers": _Field(_tokens("header", "X-Request-Id"), ()),
+    "allow_credentials": _Field(_bool, False),
+    "max_age": _Field(_optional(_int(0, 2**31 - 1)), 600),
+    "allow_private_network": _Field(_bool, False),
+    "timing_allow_origin": _Field(_bool, False),
+    "disallowed_origin": _Field(_choice("forward", "reject"), "forward"),
+    "mode": _Field(_choice("enforce", "report-only"), "enforce"),
+    "upstream_cors": _Field(_choice("replace", "keep"), "replace"),
+    "denied_preflight": _Field(_choice("reject", "forward"), "reject"),
+}
+_RULE = {"name": _Field(_str), "paths": _Field(lambda v: v), **_RULE_FIELDS}
+_TOP = ("listen", "upstream", "limits", "admin", "logging", "debug", "defaults", "rules")
+_EMPTY_HINTS = {
+    "allow_origins": 'an empty list allows nothing; list origins (e.g. ["https://app.example.com"]) or remove the rule',
+    "allow_methods": "an empty list allows no method; list them (e.g. [GET, POST]) or leave the field out for "
+    "the default [GET, HEAD, POST]",
+}
+
+
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Bad:
+    """Marks a value that already produced an error."""
+
+
+_BAD = _Bad()
+
+
+class _Reader:
+    """Turns composed YAML into plain values (remembering each one's position) and checks them."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.issues: list[str] = []
+        self.marks: dict[str, tuple[int, int]] = {}
+        self._failed: set[str] = set()
+        self._constructor = yaml.constructor.SafeConstructor()
+        self._resolver = yaml.resolver.Resolver()
+
+    # -- positions and messages
+
+    def error(self, path: str, message: str) -> None:
+        if path in self._failed:  # one message a field: the first names the real cause
+            return
+        self._failed.add(path)
+        line, col = self.mark(path)
+        self.issues.append(f"{self.source}:{line}:{col}: {path or '(top level)'}: {message}")
+
+    def mark(self, path: str) -> tuple[int, int]:
+        while path not in self.marks and path:
+            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+        return self.marks.get(path, (1, 1))
+
+    # -- YAML nodes to plain values
+
+    def value(self, node: yaml.Node, path: str) -> Any:
+        self.marks.setdefault(path, _position(node))
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                sub = f"{path}.{key}" if path else key
+                if key in out:
+                    self.issues.append(f"{self.source}:{':'.join(map(str, _position(key_node)))}: {sub}: "
+                                       f"'{key}' is given twice; keep one")
+                self.marks[sub] = _position(key_node)  # point at the key, not its value
+                out[key] = self.value(value_node, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        if "${" in node.value:
+            text = self.expand(node.value, path)
+            # a plain scalar is typed after expansion (port: ${PORT:-8080} is an int); a quoted one stays str
+            tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
+            node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
+        return self._constructor.construct_object(node)
+
+    def expand(self, text: str, path: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            name, default = m[1], m[2]
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.error(path, f"environment variable ${{{name}}} is not set; export it or write ${{{name}:-default}}")
+            return ""
+
+        return _ENV_RE.sub(sub, text)
+
+    # -- sections
+
+    def section(self, data: Any, path: str, schema: Mapping[str, _Field],
+                defaults: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.error(path, f"expected a mapping of {', '.join(schema)}, got {type(data).__name__}")
+            return None
+        for key in data:
+            if key not in schema:
+                self.error(f"{path}.{key}" if path else key,
+                           f"unknown key '{key}'{_did_you_mean(key, schema)}; allowed: {', '.join(schema)}")
+        out: dict[str, Any] = {}
+        for key, spec in schema.items():
+            sub = f"{path}.{key}" if path else key
+            if key in data:
+                out[key] = self.field(spec, data[key], sub)
+            elif defaults is not None and key in defaults:
+                out[key] = defaults[key]
+            elif spec.required:
+                self.error(path, f"'{key}' is required")
+                out[key] = _BAD
+            else:
+                out[key] = spec.default
+        return out
+
+    def field(self, spec: _Field, value: Any, path: str) -> Any:
+        try:
+            return spec.parse(value)
+        except IndexedError as exc:
+            self.error(f"{path}[{exc.index}]", str(exc))
+        except ValueError as exc:
+            self.error(path, str(exc))
+        return _BAD
+
+    # -- the whole file
+
+    def build(self, data: Any) -> Config | None:
+        if not isinstance(data, dict):
+            self.error("", "the config must be a mapping with upstream: and rules: (see config.example.yaml)")
+            return None
+        for key in data:
+            if key not in _TOP:
+                self.error(key, f"unknown key '{key}'{_did_you_mean(key, _TOP)}; allowed: {', '.join(_TOP)}")
+        if "upstream" not in data:
+            self.error("", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000}")
+        parts = {
+            "listen": self.listen(data.get("listen")),
+            "upstream": self.section(data.get("upstream"), "upstream", _UPSTREAM),
+            "limits": self.section(data.get("limits"), "limits", _LIMITS),
+            "admin": self.admin(data),
+            "logging": self.section(data.get("logging"), "logging", _LOGGING),
+            "debug": self.section(data.get("debug"), "debug", _DEBUG),
+            "rules": self.rules(data),
+        }
+        if self.issues:
+            return None
+        return Config(
+            listen=ListenConfig(**parts["listen"]),
+            upstream=UpstreamConfig(**parts["upstream"]),
+            limits=LimitsConfig(**parts["limits"]),
+            admin=AdminConfig(**parts["admin"]) if parts["admin"] is not None else None,
+            logging=LoggingConfig(**parts["logging"]),
+            debug=DebugConfig(**parts["debug"]),
+            rules=parts["rules"],
+            source=self.source,
+            marks=self.marks,
+        )
+
+    def listen(self, data: Any) -> dict[str, Any] | None:
+        out = self.section(data, "listen", _LISTEN)
+        if out is None:
+            return None
+        out["host"] = out["host"] or _env_default(self.env, "CORSPROXY_HOST")
+        if out["tls"] is not None:
+            tls = self.section(out["tls"], "listen.tls", _TLS)
+            out["tls"] = TLSConfig(**tls) if tls and _BAD not in tls.values() else _BAD
+        return out
+
+    def admin(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        if "admin" in data and data["admin"] is None:
+            return None
+        out = self.section(data.get("admin"), "admin", _ADMIN)
+        if out is not None:
+            out["host"] = out["host"] or _env_default(self.env, "CORSPROXY_ADMIN_HOST")
+        return out
+
+    def rules(self, data: dict[str, Any]) -> tuple[Rule, ...]:
+        defaults = self.section(data.get("defaults"), "defaults", _RULE_FIELDS) or {}
+        given_defaults = {k: v for k, v in defaults.items() if k in (data.get("defaults") or {})}
+        if "allow_origins" in given_defaults:
+            given_defaults["allow_origins"] = self.origins(given_defaults["allow_origins"], "defaults.allow_origins")
+        for key in ("allow_methods",):
+            if given_defaults.get(key) == ():
+                self.error(f"defaults.{key}", _EMPTY_HINTS[key])
+        rules = data.get("rules")
+        if not isinstance(rules, list) or not rules:
+            self.error("rules", "expected a non-empty list of rules, e.g. - {paths: ['/**'], allow_origins: [...]}")
+            return ()
+        built = [self.rule(r, i, given_defaults) for i, r in enumerate(rules)]
+        names: dict[str, int] = {}
+        for rule in built:
+            if rule is not None and names.setdefault(rule.name, rule.index) != rule.index:
+                self.error(f"rules[{rule.index}].name",
+                           f"rule name '{rule.name}' is already used by rules[{names[rule.name]}]; names must differ")
+        return tuple(r for r in built if r is not None)
+
+    def rule(self, data: Any, index: int, defaults: Mapping[str, Any]) -> Rule | None:
+        path = f"rules[{index}]"
+        out = self.section(data, path, _RULE, defaults)
+        if out is None:
+            return None
+        if "allow_origins" in (data or {}):
+            out["allow_origins"] = self.origins(out["allow_origins"], f"{path}.allow_origins")
+        elif "allow_origins" not in defaults:
+            self.error(path, "'allow_origins' is required (here or under defaults:), e.g. "
+                             "allow_origins: [\"https://app.example.com\"]")
+            return None
+        if out["allow_methods"] == ():
+            self.error(f"{path}.allow_methods", _EMPTY_HINTS["allow_methods"])
+        paths = self.paths(out["paths"], f"{path}.paths")
+        origins_raw, origin_set = out["allow_origins"] if out["allow_origins"] is not _BAD else (None, None)
+        if origin_set is not None and origin_set.allow_all and out["allow_credentials"] is True:
+            where = f"{path}.allow_credentials" if "allow_credentials" in (data or {}) else f"{path}.allow_origins"
+            self.error(where, 'allow_credentials: true with allow_origins "*" would let every site read its users\' '
+                              "authenticated responses; list the allowed origins instead of \"*\"")
+        if _BAD in out.values() or paths is None or origin_set is None:
+            return None
+        fields = {k: v for k, v in out.items() if k not in ("name", "paths", "allow_origins")}
+        return Rule(name=out["name"] or path, index=index, paths=paths, origins=origin_set,
+                    allow_origins=origins_raw, **fields)
+
+    def paths(self, value: Any, path: str) -> PathSet | None:
+        if value is None:
+            value = ["/**"]
+        if not isinstance(value, list) or not value:
+            self.error(path, "expected a non-empty list of path patterns, e.g. [\"/api/**\"]")
+            return None
+        ok = True
+        for i, item in enumerate(value):
+            try:
+                compile_paths([_str(item)])
+            except ValueError as exc:
+                self.error(f"{path}[{i}]", str(exc))
+                ok = False
+        return compile_paths(value) if ok else None
+
+    def origins(self, value: Any, path: str) -> tuple[tuple[Any, ...], OriginSet] | _Bad:
+        if value == "*":
+            value = ["*"]
+        if not isinstance(value, list):
+            self.error(path, 'expected a list of origins, e.g. ["https://app.example.com"], or ["*"]')
+            return _BAD
+        if not value:
+            self.error(path, _EMPTY_HINTS["allow_origins"])
+            return _BAD
+        ok = True
+        for i, item in enumerate(value):
+            try:
+                if not isinstance(item, str | dict):
+                    raise ValueError(f"expected an origin string or {{regex: '...'}}, got {item!r}")
+                compile_origins([item])
+            except ValueError as exc:
+                self.error(f"{path}[{i}]", str(exc))
+                ok = False
+        return (tuple(value), compile_origins(value)) if ok else _BAD
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The effective config as plain JSON-able data (for ``check``, ``/config``)."""
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, Rule):
+            skip = {"paths", "origins", "index"}
+            out = {"name": obj.name, "paths": list(obj.paths.patterns)}
+            out.update({f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip
+                        and f.name != "name"})
+            return out
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "marks"}
+        if isinstance(obj, tuple | list):
+            return ["*"] if obj == ANY else [plain(x) for x in obj]
+        if isinstance(obj, Mapping):
+            return dict(obj)
+        if isinstance(obj, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            return str(obj)
+        return obj
+
+    return plain(config)

@@ -1,0 +1,198 @@
+"""Origin parsing and the allow-list matchers of a rule.
+
+An *origin* is what a browser sends in the ``Origin`` header: ``scheme://host[:port]``
+or the literal ``null`` (Fetch standard, "origin" serialization; RFC 6454 §6.2).
+A configured ``allow_origins`` list is classified once, at load, into an
+:class:`OriginSet`: a flag for ``*``, a flag for ``null``, a frozenset of exact
+canonical origins, label wildcards, any-port hosts and compiled regexes, so that a
+request only pays for a dict lookup in the common case.
+
+Pure module: stdlib only, raises ``ValueError`` with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+WILDCARD_SCHEMES = frozenset({"http", "https"})
+ANY_PORT = -1
+
+# Host: a DNS name (ASCII; browsers send IDNs as punycode), an IPv4 address or a
+# bracketed IPv6 address. Anything else (spaces, CR/LF, userinfo, paths) is not an
+# origin a browser would send.
+_ORIGIN_RE = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]*)://"
+    r"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*)"
+    r"(?::(?P<port>[0-9]{1,5}))?",
+    re.IGNORECASE | re.ASCII,
+)
+_LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """A parsed origin: scheme and host lowercased, a default port dropped (None)."""
+
+    scheme: str
+    host: str
+    port: int | None
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port is not None else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_origin(value: str) -> Origin | None:
+    """Parse a serialized origin as sent in an ``Origin`` header; ``None`` when it is not one.
+
+    ``null`` is not parsed here (it is a literal, see :meth:`OriginSet.allows`).
+    """
+    m = _ORIGIN_RE.fullmatch(value)
+    if m is None:
+        return None
+    scheme = m["scheme"].lower()
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and port > 65535:
+        return None
+    if port == DEFAULT_PORTS.get(scheme):
+        port = None
+    return Origin(scheme, m["host"].lower(), port)
+
+
+@dataclass(frozen=True, slots=True)
+class Wildcard:
+    """``scheme://*.suffix[:port]`` or ``scheme://host:*``: the host part and port to match."""
+
+    scheme: str
+    suffix: str  # ".example.com" for label wildcards, "" when the host is exact
+    host: str  # the exact host, "" for label wildcards
+    port: int | None  # None = default port, ANY_PORT = any port or none
+
+    def matches(self, origin: Origin) -> bool:
+        if origin.scheme != self.scheme:
+            return False
+        if self.port != ANY_PORT and origin.port != self.port:
+            return False
+        if self.host:
+            return origin.host == self.host
+        # SECURITY: one or more whole labels before the suffix; never the apex itself,
+        # never "evil-example.com" (the suffix starts with a dot).
+        return len(origin.host) > len(self.suffix) and origin.host.endswith(self.suffix)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginSet:
+    """A rule's ``allow_origins``, classified once."""
+
+    allow_all: bool = False
+    allow_null: bool = False
+    exact: frozenset[str] = frozenset()
+    wildcards: tuple[Wildcard, ...] = ()
+    regexes: tuple[re.Pattern[str], ...] = ()
+
+    def allows(self, value: str) -> bool:
+        """True when the raw ``Origin`` header value is allowed by this set.
+
+        A value that is not a valid serialized origin is never allowed, except by ``*``
+        (which is answered with a literal ``*`` and so echoes nothing).
+        """
+        if self.allow_all:
+            return True
+        if value == "null":
+            return self.allow_null
+        origin = parse_origin(value)
+        if origin is None:
+            return False
+        if str(origin) in self.exact:
+            return True
+        if any(w.matches(origin) for w in self.wildcards):
+            return True
+        # SECURITY: fullmatch anchors the pattern at both ends whatever the author wrote.
+        return any(r.fullmatch(value) for r in self.regexes)
+
+
+def compile_origins(entries: list[str | dict[str, str]]) -> OriginSet:
+    """Classify ``allow_origins`` entries; raises ``ValueError`` naming the bad entry's index."""
+    allow_all = allow_null = False
+    exact: set[str] = set()
+    wildcards: list[Wildcard] = []
+    regexes: list[re.Pattern[str]] = []
+    for i, entry in enumerate(entries):
+        try:
+            if isinstance(entry, dict):
+                regexes.append(compile_regex_entry(entry))
+            elif entry == "*":
+                allow_all = True
+            elif entry == "null":
+                allow_null = True
+            elif "*" in entry:
+                wildcards.append(parse_wildcard(entry))
+            else:
+                exact.add(str(parse_exact(entry)))
+        except ValueError as exc:
+            raise IndexedError(i, str(exc)) from None
+    return OriginSet(allow_all, allow_null, frozenset(exact), tuple(wildcards), tuple(regexes))
+
+
+class IndexedError(ValueError):
+    """A ValueError about one entry of a list, so config.py can point at its line."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def parse_exact(entry: str) -> Origin:
+    origin = parse_origin(entry)
+    if origin is not None:
+        return origin
+    raise ValueError(_origin_hint(entry))
+
+
+def _origin_hint(entry: str) -> str:
+    m = re.match(r"([a-z][a-z0-9+.\-]*://[^/?#]+)([/?#].*)$", entry, re.I)
+    if m:
+        return f"{entry!r} has a path, query or trailing '/'; an origin is scheme://host[:port]: write {m[1]!r}"
+    if "://" not in entry:
+        return f"{entry!r} has no scheme; write e.g. 'https://{entry}'"
+    return f"{entry!r} is not an origin; write scheme://host[:port], e.g. 'https://app.example.com'"
+
+
+def parse_wildcard(entry: str) -> Wildcard:
+    """``https://*.example.com[:port]``, ``http://localhost:*`` (or both wildcards)."""
+    m = re.fullmatch(r"([a-z][a-z0-9+.\-]*)://(\*\.)?([^:/?#*]+)(?::(\*|[0-9]{1,5}))?", entry, re.I)
+    if m is None:
+        raise ValueError(
+            f"{entry!r}: '*' may only stand as whole leading labels ('https://*.example.com') "
+            "or as the port ('http://localhost:*'); for anything else use {regex: '...'}"
+        )
+    scheme, label_wild, host, port_text = m[1].lower(), bool(m[2]), m[3].lower(), m[4]
+    if scheme not in WILDCARD_SCHEMES:
+        raise ValueError(f"{entry!r}: wildcards are for http/https origins only; list {scheme}:// origins exactly")
+    if not all(_LABEL_RE.fullmatch(label) for label in host.split(".")):
+        raise ValueError(f"{entry!r}: {host!r} is not a valid host name")
+    if port_text == "*":
+        port: int | None = ANY_PORT
+    else:
+        port = int(port_text) if port_text else None
+        if port is not None and not 0 < port <= 65535:
+            raise ValueError(f"{entry!r}: port {port} is out of range 1-65535")
+        if port == DEFAULT_PORTS[scheme]:
+            port = None
+    if label_wild:
+        return Wildcard(scheme, "." + host, "", port)
+    if port != ANY_PORT:
+        raise ValueError(f"{entry!r} has no wildcard; write it without '*'")
+    return Wildcard(scheme, "", host, port)
+
+
+def compile_regex_entry(entry: dict[str, str]) -> re.Pattern[str]:
+    if set(entry) != {"regex"} or not isinstance(entry["regex"], str):
+        raise ValueError("an origin pattern is written {regex: '^https://[a-z]+\\.example\\.com$'}")
+    try:
+        return re.compile(entry["regex"])
+    except re.error as exc:
+        raise ValueError(f"regex {entry['regex']!r} does not compile: {exc}; fix the pattern (Python re syntax)") from None

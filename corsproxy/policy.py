@@ -1,0 +1,310 @@
+"""The CORS decision: every rule of design §4 lives here and nowhere else.
+
+Pure: no I/O, no aiohttp. The proxy, ``explain``, the access log, metrics and
+``/decisions`` all ask :func:`decide`, then :func:`finish` writes the CORS part of a
+response (the upstream's, or one the proxy makes itself) in place.
+
+References: Fetch standard §3.2 "CORS protocol" (https://fetch.spec.whatwg.org/#http-cors-protocol);
+Private Network Access (https://wicg.github.io/private-network-access/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .config import ANY, Config, Rule
+from .headers import CORS_RESPONSE_PREFIX, TOKEN_RE, merge_vary, split_tokens
+from .origins import parse_origin
+
+Verdict = Literal["allowed", "denied:origin", "denied:method", "denied:header", "denied:private-network", "none"]
+Kind = Literal["preflight", "actual", "no-origin", "no-rule"]
+
+ACAO = "Access-Control-Allow-Origin"
+ACAC = "Access-Control-Allow-Credentials"
+ACAM = "Access-Control-Allow-Methods"
+ACAH = "Access-Control-Allow-Headers"
+ACEH = "Access-Control-Expose-Headers"
+ACMA = "Access-Control-Max-Age"
+ACAPN = "Access-Control-Allow-Private-Network"
+TAO = "Timing-Allow-Origin"
+PREFLIGHT_VARY = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
+ORIGIN_VARY = ("Origin",)
+# Response headers a page can always read (Fetch "CORS-safelisted response-header name"),
+# and those it never can; neither belongs in a computed Expose-Headers list.
+_NOT_EXPOSED = frozenset({"set-cookie", "set-cookie2", "vary"})
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class MultiHeaders(Protocol):
+    """What :func:`finish` needs of a response's headers (``multidict.CIMultiDict`` has it)."""
+
+    def getall(self, key: str, default: list[str]) -> list[str]: ...
+    def keys(self) -> Iterable[str]: ...
+    def popall(self, key: str, default: list[str]) -> list[str]: ...
+    def add(self, key: str, value: str) -> None: ...
+    def __setitem__(self, key: str, value: str) -> None: ...
+    def __contains__(self, key: object) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule with every header value it can send computed at load (style habit 1)."""
+
+    rule: Rule
+    star: bool  # answer with a literal "*" (any origin, no credentials)
+    methods: frozenset[str] | None  # None = any
+    headers: frozenset[str] | None  # lowercase; None = any
+    preflight_headers: Headers  # allowed preflight, minus ACAO and the per-request ones
+    actual_headers: Headers  # allowed actual request, minus ACAO / TAO
+    expose_names_from_response: bool  # expose_headers "*" with credentials
+
+    @classmethod
+    def build(cls, rule: Rule) -> CompiledRule:
+        creds: Headers = ((ACAC, "true"),) if rule.allow_credentials else ()
+        any_method, any_header, expose_all = rule.allow_methods == ANY, rule.allow_headers == ANY, \
+            rule.expose_headers == ANY
+        pre: list[tuple[str, str]] = list(creds)
+        if not any_method:
+            pre.append((ACAM, ", ".join(rule.allow_methods)))
+        if rule.allow_headers and not any_header:
+            pre.append((ACAH, ", ".join(rule.allow_headers)))
+        if rule.max_age is not None:
+            pre.append((ACMA, str(rule.max_age)))
+        actual = list(creds)
+        # SECURITY: browsers read "*" literally in Expose-Headers when credentials are on,
+        # so then the response's own names are listed instead (in finish()).
+        if rule.expose_headers and not (expose_all and rule.allow_credentials):
+            actual.append((ACEH, ", ".join(rule.expose_headers)))
+        return cls(
+            rule=rule,
+            star=rule.origins.allow_all and not rule.allow_credentials,
+            methods=None if any_method else frozenset(rule.allow_methods),
+            headers=None if any_header else frozenset(h.lower() for h in rule.allow_headers),
+            preflight_headers=tuple(pre),
+            actual_headers=tuple(actual),
+            expose_names_from_response=expose_all and rule.allow_credentials,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The compiled rules of one config; swapped whole on reload."""
+
+    rules: tuple[CompiledRule, ...]
+
+    @classmethod
+    def from_config(cls, config: Config) -> Policy:
+        return cls(tuple(CompiledRule.build(r) for r in config.rules))
+
+    def match(self, path: str) -> CompiledRule | None:
+        """The first rule whose paths match the decoded request path."""
+        for compiled in self.rules:
+            if compiled.rule.paths.matches(path):
+                return compiled
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CorsRequest:
+    """What a decision needs of a request."""
+
+    method: str
+    path: str  # decoded (paths.decode_path)
+    origins: tuple[str, ...] = ()  # every Origin header value, in order
+    request_method: str | None = None  # Access-Control-Request-Method
+    request_headers: str = ""  # Access-Control-Request-Headers, all values joined
+    private_network: bool = False  # Access-Control-Request-Private-Network: true
+
+    @classmethod
+    def from_headers(cls, method: str, path: str, headers: Mapping[str, str]) -> CorsRequest:
+        """From a header mapping; one with ``getall`` (CIMultiDict) lets a repeated Origin be seen."""
+        getall = getattr(headers, "getall", None)
+        if getall is not None:
+            origins = tuple(getall("Origin", ()))
+            acrh = ",".join(getall("Access-Control-Request-Headers", ()))
+        else:
+            origins = (headers["Origin"],) if "Origin" in headers else ()
+            acrh = headers.get("Access-Control-Request-Headers", "")
+        return cls(
+            method=method,
+            path=path,
+            origins=origins,
+            request_method=headers.get("Access-Control-Request-Method"),
+            request_headers=acrh,
+            private_network=headers.get("Access-Control-Request-Private-Network", "").lower() == "true",
+        )
+
+    @property
+    def is_preflight(self) -> bool:
+        return self.method == "OPTIONS" and bool(self.origins) and self.request_method is not None
+
+    @property
+    def origin(self) -> str | None:
+        """The Origin if it is one valid serialized origin (or ``null``), else None."""
+        if len(self.origins) != 1:
+            return None
+        value = self.origins[0]
+        return value if value == "null" or parse_origin(value) is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A verdict and what to do about it.
+
+    ``status`` set: the proxy answers itself (preflight ``204``/``403``, rejected ``403``).
+    ``status`` None: forward, then :func:`finish` the response with ``headers``.
+    """
+
+    kind: Kind
+    verdict: Verdict
+    detail: str
+    rule: CompiledRule | None = None
+    origin: str | None = None
+    status: int | None = None
+    headers: Headers = ()
+    enforce: bool = True  # False for a report-only rule: decided and logged, nothing changed
+
+    @property
+    def rule_name(self) -> str:
+        return self.rule.rule.name if self.rule else "-"
+
+    @property
+    def reason(self) -> str:
+        return f"{self.detail} (rule '{self.rule_name}')" if self.rule else self.detail
+
+    @property
+    def body(self) -> bytes:
+        return (self.reason + "\n").encode() if self.status == 403 else b""
+
+    def header_value(self) -> str:
+        """The ``CORS-Decision`` debug header (design §5)."""
+        detail = self.detail.replace("\\", "\\\\").replace('"', '\\"')
+        mode = "; mode=report-only" if not self.enforce else ""
+        return f'rule={self.rule_name}; verdict={self.verdict}{mode}; detail="{detail}"'
+
+
+NO_RULE = Decision("no-rule", "none", "no rule matches this path")
+
+
+def decide(policy: Policy, request: CorsRequest) -> Decision:
+    """Decide one request against the first rule that matches its path."""
+    compiled = policy.match(request.path)
+    if compiled is None:
+        return NO_RULE
+    if not request.origins:
+        return Decision("no-origin", "none", "no Origin header: not a CORS request", compiled)
+    decision = _preflight(compiled, request) if request.is_preflight else _actual(compiled, request)
+    if compiled.rule.mode == "report-only":
+        # Decide and log as usual, change nothing (design §5).
+        return Decision(decision.kind, decision.verdict, decision.detail, compiled, decision.origin, enforce=False)
+    return decision
+
+
+def _origin_denial(compiled: CompiledRule, request: CorsRequest) -> str | None:
+    origin = request.origin
+    if origin is None:
+        if len(request.origins) > 1:
+            return "Origin header sent more than once"
+        return f"Origin {request.origins[0]!r} is not a valid origin"
+    if not compiled.rule.origins.allows(origin):
+        return f"origin {origin} not in allow_origins"
+    return None
+
+
+def _preflight(compiled: CompiledRule, request: CorsRequest) -> Decision:
+    rule = compiled.rule
+    why = _origin_denial(compiled, request)
+    verdict: Verdict = "denied:origin"
+    method = request.request_method or ""
+    names = split_tokens(request.request_headers)
+    if why is None and compiled.methods is not None and method not in compiled.methods:
+        # Compared exactly, as browsers do: "patch" is not "PATCH" (Fetch "CORS-preflight fetch" step 7).
+        verdict, why = "denied:method", f"method {method} not in allow_methods"
+    if why is None and not TOKEN_RE.fullmatch(method):
+        verdict, why = "denied:method", f"method {method!r} is not a valid method name"
+    if why is None:
+        bad = [n for n in names if not TOKEN_RE.fullmatch(n) or (compiled.headers is not None
+                                                                   and n.lower() not in compiled.headers)]
+        if bad:
+            verdict, why = "denied:header", f"{', '.join(bad)} not in allow_headers"
+    if why is None and request.private_network and not rule.allow_private_network:
+        verdict, why = "denied:private-network", "private network access not allowed (allow_private_network)"
+    vary = (("Vary", ", ".join(PREFLIGHT_VARY)),)
+    if why is not None:
+        status = 403 if rule.denied_preflight == "reject" else None
+        return Decision("preflight", verdict, why, compiled, request.origin, status, vary)
+    headers = [(ACAO, "*" if compiled.star else request.origins[0]), *compiled.preflight_headers]
+    if compiled.methods is None:
+        headers.append((ACAM, method))
+    if compiled.headers is None and names:
+        headers.append((ACAH, ", ".join(names)))  # echoing covers Authorization, which "*" does not
+    if request.private_network:
+        headers.append((ACAPN, "true"))
+    headers.extend(vary)
+    return Decision("preflight", "allowed", "preflight allowed", compiled, request.origin, 204, tuple(headers))
+
+
+def _actual(compiled: CompiledRule, request: CorsRequest) -> Decision:
+    rule = compiled.rule
+    why = _origin_denial(compiled, request)
+    if why is not None and not compiled.star:
+        status = 403 if rule.disallowed_origin == "reject" else None
+        return Decision("actual", "denied:origin", why, compiled, request.origin, status)
+    # SECURITY: an invalid Origin is only ever answered with a literal "*", never echoed.
+    allow_origin = "*" if compiled.star else request.origins[0]
+    headers = [(ACAO, allow_origin), *compiled.actual_headers]
+    if rule.timing_allow_origin:
+        headers.append((TAO, allow_origin))
+    verdict: Verdict = "allowed" if why is None else "denied:origin"
+    detail = "origin allowed" if why is None else f"{why}; answered with a literal * (any origin allowed)"
+    return Decision("actual", verdict, detail, compiled, request.origin, None, tuple(headers))
+
+
+def finish(decision: Decision, headers: MultiHeaders) -> None:
+    """Write the CORS part of a forwarded (or proxy-made) response's headers, in place."""
+    if decision.rule is None or not decision.enforce or decision.status is not None:
+        return
+    if decision.kind == "no-origin":
+        headers["Vary"] = merge_vary(headers.getall("Vary", []), ORIGIN_VARY)
+        return
+    allowed = bool(decision.headers) and decision.kind == "actual"
+    keep = allowed and decision.rule.rule.upstream_cors == "keep" and ACAO in headers
+    # A denied preflight passed on (denied_preflight: forward) keeps the upstream's answer,
+    # unless the origin itself is denied.
+    keep = keep or (decision.kind == "preflight" and decision.verdict != "denied:origin")
+    if not keep:
+        # SECURITY: the upstream's own Access-Control-* never reach the client beside ours,
+        # and never for an origin the rules deny.
+        for name in [n for n in headers.keys() if n.lower().startswith(CORS_RESPONSE_PREFIX)]:
+            headers.popall(name, [])
+        if allowed:
+            _add_actual(decision, headers)
+    vary = PREFLIGHT_VARY if decision.kind == "preflight" else ORIGIN_VARY
+    headers["Vary"] = merge_vary(headers.getall("Vary", []), vary)
+
+
+def _add_actual(decision: Decision, headers: MultiHeaders) -> None:
+    assert decision.rule is not None
+    if decision.rule.rule.timing_allow_origin:
+        headers.popall(TAO, [])
+    names = []
+    if decision.rule.expose_names_from_response:
+        names = sorted({n for n in headers.keys() if n.lower() not in _NOT_EXPOSED})
+    for name, value in decision.headers:
+        headers.add(name, value)
+    if names:
+        headers.add(ACEH, ", ".join(names))
+
+
+def respond_headers(decision: Decision) -> list[tuple[str, str]]:
+    """Headers of a response the proxy makes for a decision with ``status`` set."""
+    out = list(decision.headers)
+    if decision.status == 403:
+        out.append(("Content-Type", "text/plain; charset=utf-8"))
+        if not any(name == "Vary" for name, _ in out):
+            out.append(("Vary", ", ".join(ORIGIN_VARY)))
+    return out
+

@@ -1,0 +1,218 @@
+"""Shared fixtures: a real upstream aiohttp server and the real proxy, both on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from corsproxy import config as cfg
+from corsproxy.app import build_app
+from corsproxy.proxy import Exchange
+
+UPSTREAM_CORS = {
+    "Access-Control-Allow-Origin": "https://upstream-says.example",
+    "Access-Control-Allow-Methods": "TRACE",
+    "Access-Control-Expose-Headers": "X-Upstream-Secret",
+}
+
+
+class Upstream:
+    """Records what reached it; answers by path."""
+
+    def __init__(self) -> None:
+        self.seen: list[web.Request] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    def count(self, method: str | None = None) -> int:
+        return sum(1 for r in self.seen if method is None or r.method == method)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(request)
+        path = request.match_info["tail"]
+        for prefix, handler in ROUTES.items():
+            if path.startswith(prefix):
+                return await handler(request)
+        return await echo(request)
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body_len": len(body),
+        },
+        headers={"X-Request-Id": "req-1", "X-Secret": "s", "Vary": "Accept-Encoding"},
+    )
+
+
+async def with_cors(request: web.Request) -> web.Response:
+    return web.Response(text="has cors", headers={**UPSTREAM_CORS, "Vary": "Accept-Encoding"})
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    await resp.write(b"data: first\n\n")
+    await asyncio.sleep(float(request.query.get("gap", "1.0")))
+    await resp.write(b"data: second\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def big(request: web.Request) -> web.StreamResponse:
+    """GET /big?mib=N: N MiB of a repeating pattern, streamed in 64 KiB chunks."""
+    mib = int(request.query.get("mib", "2"))
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = mib * 2**20
+    await resp.prepare(request)
+    chunk = bytes(range(256)) * 256
+    for _ in range(mib * 16):
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+async def upload(request: web.Request) -> web.Response:
+    """POST /upload: hashes the body as it streams in."""
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response({"sha256": digest.hexdigest(), "size": size,
+                              "chunked": "chunked" in request.headers.get("Transfer-Encoding", "")})
+
+
+async def redirect(request: web.Request) -> web.Response:
+    target = request.query.get("to") or str(request.url.with_path("/v1/landed").with_query({}))
+    return web.Response(status=302, headers={"Location": target})
+
+
+async def cookies(request: web.Request) -> web.Response:
+    resp = web.Response(text="cookies")
+    resp.headers.add("Set-Cookie", "a=1; Path=/")
+    resp.headers.add("Set-Cookie", "b=2; Path=/")
+    return resp
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.Response(status=int(request.match_info["tail"].rsplit("/", 1)[1]))
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("s", "2")))
+    return web.Response(text="slow")
+
+
+async def hop(request: web.Request) -> web.Response:
+    return web.Response(text="hop", headers={"Connection": "X-Hop", "X-Hop": "1", "Keep-Alive": "timeout=5",
+                                             "Upgrade": "h2c", "X-End": "1"})
+
+
+async def ws(request: web.Request) -> web.WebSocketResponse:
+    sock = web.WebSocketResponse()
+    await sock.prepare(request)
+    async for msg in sock:
+        if msg.type.name == "TEXT":
+            await sock.send_str("echo:" + msg.data)
+    return sock
+
+
+ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
+    "v1/cors": with_cors,
+    "v1/sse": sse,
+    "v1/big": big,
+    "v1/upload": upload,
+    "v1/redirect": redirect,
+    "v1/cookies": cookies,
+    "v1/status/": status,
+    "v1/slow": slow,
+    "v1/hop": hop,
+    "v1/ws": ws,
+}
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
+    up = Upstream()
+    up.server = await aiohttp_server(up.app, host="127.0.0.1")
+    return up
+
+
+BASE_RULES = """
+rules:
+  - name: app
+    paths: ["/api/**"]
+    allow_origins:
+      - https://app.example.com
+      - https://*.example.com
+      - http://localhost:*
+      - regex: '^https://pr-[0-9]+\\.preview\\.example\\.dev$'
+    allow_methods: [GET, POST, PUT, PATCH, DELETE]
+    allow_headers: [Content-Type, Authorization]
+    expose_headers: [X-Request-Id]
+    allow_credentials: true
+    max_age: 600
+  - name: public
+    paths: ["/public/**", "/status"]
+    allow_origins: ["*"]
+"""
+
+
+class Proxy:
+    """The proxy under test, its client and what it observed."""
+
+    def __init__(self, client: TestClient, exchanges: list[Exchange]) -> None:
+        self.client = client
+        self.exchanges = exchanges
+
+    @property
+    def url(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
+
+MakeProxy = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
+               aiohttp_server: Callable[..., Awaitable[TestServer]], upstream: Upstream) -> MakeProxy:
+    """make_proxy(rules_yaml=BASE_RULES, upstream_url=None, extra="") -> Proxy on 127.0.0.1."""
+
+    async def make(rules_yaml: str = BASE_RULES, *, upstream_url: str | None = None, extra: str = "",
+                   server_kwargs: dict | None = None) -> Proxy:
+        text = f"upstream:\n  url: {upstream_url or upstream.url + '/v1'}\nadmin: null\n{extra}\n{rules_yaml}"
+        config = cfg.parse(text, "test.yaml", env={})
+        exchanges: list[Exchange] = []
+        app = build_app(config, observers=[exchanges.append])
+        # TestServer runs the app with handler_cancellation=True, as server.py does.
+        server = await aiohttp_server(app, host="127.0.0.1", **(server_kwargs or {}))
+        client = await aiohttp_client(server, auto_decompress=False)
+        return Proxy(client, exchanges)
+
+    return make
+
+
+def echoed(payload: dict) -> dict[str, str]:
+    """The headers the upstream saw, as a case-insensitive-ish dict (last value wins)."""
+    return {k.lower(): v for k, v in payload["headers"]}
+
+
+def dump(obj: object) -> str:
+    return json.dumps(obj, indent=1)
