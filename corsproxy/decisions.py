@@ -1,7 +1,8 @@
 """A bounded buffer of recent CORS decisions that were not plain allows (design §5 /decisions).
 
-Costs one attribute check per request when nothing is denied: allowed decisions and
-requests no rule matched are never stored.
+Costs one tuple-membership check per request when nothing is denied: allowed decisions and
+requests no rule matched are never stored. The admin listener serves :meth:`DecisionLog.to_json`
+(``Accept: application/json``) and :meth:`DecisionLog.render_html` at ``/decisions``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,22 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
-from typing import Any
+from html import escape
+from typing import Any, Protocol
 
 from .policy import Decision
 
 DEFAULT_SIZE = 200
+_NOT_LISTED = ("allowed", "none")
+COLUMNS = ("time", "origin", "method", "path", "rule", "verdict", "reason", "mode")
+
+
+class Observed(Protocol):
+    """What :meth:`DecisionLog.observe` reads of a finished request (``proxy.Exchange`` has it)."""
+
+    method: str
+    path: str
+    decision: Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +47,15 @@ class DecisionLog:
         self._entries: deque[Entry] = deque(maxlen=size)
         self._counts: Counter[str] = Counter()
 
+    def observe(self, exchange: Observed) -> None:
+        """A proxy observer (``build_app(observers=[log.observe])``)."""
+        if exchange.decision.verdict not in _NOT_LISTED:
+            self.record(exchange.decision, exchange.method, exchange.path)
+
     def record(self, decision: Decision, method: str, path: str, origin: str | None = None) -> None:
-        if decision.verdict in ("allowed", "none"):
+        if decision.verdict in _NOT_LISTED:
             return
+        # An invalid or repeated Origin has no decision.origin; the reason quotes what was sent.
         entry = Entry(time.time(), origin or decision.origin or "", method, path, decision.rule_name,
                       decision.verdict, decision.reason, "enforce" if decision.enforce else "report-only")
         self._entries.append(entry)
@@ -54,3 +72,52 @@ class DecisionLog:
             "entries": [asdict(e) for e in self.entries()],
             "counts": [{"reason": reason, "count": n} for reason, n in self.counts()],
         }
+
+    def render_html(self) -> str:
+        """The ``/decisions`` page: self-contained, no script, every value escaped (origins are
+        attacker-controlled), readable on a phone (rows turn into cards on narrow screens)."""
+        entries = self.entries()
+        counts = "".join(f"<tr><td>{escape(reason)}</td><td class=n>{n}</td></tr>" for reason, n in self.counts())
+        rows = "".join(_row(e) for e in entries)
+        empty = "<p>No CORS request has been denied since the proxy started.</p>" if not entries else ""
+        return _PAGE.format(
+            shown=len(entries), size=self._entries.maxlen,
+            counts=f"<table class=counts><tr><th>reason</th><th>count</th></tr>{counts}</table>" if counts else "",
+            rows=f"<table class=log><thead><tr>{''.join(f'<th>{c}</th>' for c in COLUMNS)}</tr></thead>"
+                 f"<tbody>{rows}</tbody></table>" if rows else "",
+            empty=empty,
+        )
+
+
+def _row(entry: Entry) -> str:
+    values = asdict(entry)
+    values["time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.time)) + "Z"
+    cells = "".join(f'<td data-label="{c}" class="{c}">{escape(str(values[c]))}</td>' for c in COLUMNS)
+    return f'<tr class="{escape(entry.mode)}">{cells}</tr>'
+
+
+# Plain HTML and inline CSS: no build step, no external asset, nothing to fetch.
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>corsproxy: recent CORS decisions</title>
+<style>
+body{{font:15px/1.4 system-ui,sans-serif;margin:1rem;color:#222;background:#fff}}
+h1{{font-size:1.3rem}} h2{{font-size:1.05rem;margin-top:1.5rem}}
+table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;
+vertical-align:top;overflow-wrap:anywhere}}
+th{{background:#f4f4f4}} td.n{{text-align:right}} td.reason{{font-weight:600}} td.verdict{{color:#a00}}
+tr.report-only td.verdict{{color:#a60}} code{{background:#f4f4f4;padding:0 .2rem}}
+@media (max-width:700px){{table.log thead{{display:none}} table.log tr{{display:block;border:1px solid #ddd;
+margin:.5rem 0;padding:.3rem}} table.log td{{display:block;border:0;padding:.1rem .3rem}}
+table.log td::before{{content:attr(data-label) ": ";color:#666;font-weight:400}}}}
+</style></head><body>
+<h1>Recent CORS decisions that were not plain allows</h1>
+<p>Newest first; the last {shown} of at most {size}. Times are UTC. The same reason is given by
+<code>corsproxy explain</code> and the <code>CORS-Decision</code> header.</p>
+<h2>Counts by reason (since start)</h2>
+{counts}{empty}
+<h2>Decisions</h2>
+{rows}
+</body></html>
+"""

@@ -195,10 +195,11 @@ def decide(policy: Policy, request: CorsRequest) -> Decision:
     if compiled is None:
         return NO_RULE
     if not request.origins:
-        return Decision("no-origin", "none", "no Origin header: not a CORS request", compiled)
-    decision = _preflight(compiled, request) if request.is_preflight else _actual(compiled, request)
+        decision = Decision("no-origin", "none", "no Origin header: not a CORS request", compiled)
+    else:
+        decision = _preflight(compiled, request) if request.is_preflight else _actual(compiled, request)
     if compiled.rule.mode == "report-only":
-        # Decide and log as usual, change nothing (design §5).
+        # Decide and log as usual, change nothing (design §5): not even the Vary a no-Origin request gets.
         return Decision(decision.kind, decision.verdict, decision.detail, compiled, decision.origin, enforce=False)
     return decision
 

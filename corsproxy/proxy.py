@@ -327,8 +327,10 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
     ex.websocket = True
     if ex.decision.verdict == "denied:origin" and ex.decision.enforce:
         # SECURITY: browsers apply no CORS to WebSockets; this check is the only one.
-        return _done(request, ex, web.Response(status=403, text=f"WebSocket refused: {ex.decision.reason}\n",
-                                               headers={"Vary": "Origin"}))
+        refused = web.Response(status=403, text=f"WebSocket refused: {ex.decision.reason}\n",
+                               headers={"Vary": "Origin"})
+        _debug_header(snap, ex.decision, refused)
+        return _done(request, ex, refused)
     headers = upstream_headers(snap, request)
     for name in list(headers):
         if name.lower() in WS_HANDSHAKE_HEADERS:
@@ -348,6 +350,7 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
     async with upstream:
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=False)
         finish(ex.decision, client.headers)
+        _debug_header(snap, ex.decision, client)
         await client.prepare(request)
         ex.status = 101
         await _pump_both(client, upstream, ex)
