@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .app import build_app, reload
 from .config import Config, ConfigError
+from .guard import GuardedRunner
 
 log = logging.getLogger("corsproxy")
 
@@ -27,7 +28,7 @@ def server_ssl(config: Config) -> ssl.SSLContext | None:
 
 def make_runner(app: web.Application, config: Config) -> web.AppRunner:
     # handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
-    return web.AppRunner(app, handler_cancellation=True, access_log=None,
+    return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout)
 
 

@@ -1,0 +1,187 @@
+"""Socket-level hardening aiohttp's server lacks: header and body read timeouts, no HTTP/0.9.
+
+aiohttp's ``RequestHandler`` waits for a request's headers for as long as its keep-alive
+timer allows (an hour by default), so a client trickling one header byte at a time
+(slowloris) holds a connection open indefinitely; and it has no timeout on a request body
+that stops arriving. It also answers ``GET /path`` with no HTTP version (HTTP/0.9) and
+lets the handler forward it. :class:`GuardedRunner` is an ``AppRunner`` whose connections
+close those gaps:
+
+- request headers not complete ``header_timeout`` seconds after the connection opens, or
+  after the first byte of a keep-alive request, -> ``408`` and close (nginx
+  ``client_header_timeout``, Apache ``mod_reqtimeout``);
+- a request body that sends nothing for ``body_timeout`` seconds while it is being read
+  -> ``408`` and close (or a plain close if the response has started);
+- an HTTP/0.9 request, or an HTTP/1.0 one with ``Transfer-Encoding`` (RFC 9112 §6.1:
+  faulty framing) -> ``400`` and close, before any handler runs.
+
+Everything else that is malformed (request line, header syntax, lengths, duplicate or
+conflicting ``Content-Length``/``Transfer-Encoding``, chunk syntax, header count and size)
+is already refused with ``400`` by aiohttp's parser, and covered by tests/reliability.
+
+This touches aiohttp internals (``RequestHandler`` attributes, ``_ErrInfo``); the tests in
+tests/reliability/test_socket_input.py pin the behaviour on every aiohttp upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web, web_protocol
+from aiohttp.http import HttpVersion10, RawRequestMessage
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+log = logging.getLogger("corsproxy")
+
+HEADER_TIMEOUT = 20.0  # seconds for a whole request head
+BODY_TIMEOUT = 30.0  # seconds without a byte while a request body is being read
+# aiohttp's limits, stated here so tests and docs can name them: 128 headers, 16 KiB a field
+# (app.py's handler_args), 8190 bytes a request line; past them aiohttp answers 400.
+TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+class GuardedHandler(web_protocol.RequestHandler):
+    """One connection: aiohttp's handler plus the timers and checks above."""
+
+    __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx")
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._last_rx = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # A connection that never completes a request head gets header_timeout, not the
+        # keep-alive timer's hour.
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        before = len(self._messages)
+        idle = self._waiter is not None and not self._waiter.done()
+        super().data_received(data)
+        if len(self._messages) > before:
+            self._cancel(header=True)
+            self._check_new(before)
+        elif idle and self._header_timer is None and not self._force_close:
+            self._arm_header_timer()  # first bytes of the next keep-alive request
+
+    def _check_new(self, before: int) -> None:
+        for i in range(before, len(self._messages)):
+            msg, payload = self._messages[i]
+            if not isinstance(msg, RawRequestMessage):
+                continue
+            problem = _framing_problem(msg)
+            if problem is not None:
+                # Handled like any other parse error: aiohttp's 400 and a closed connection.
+                self._messages[i] = (web_protocol._ErrInfo(400, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
+            elif payload is not EMPTY_PAYLOAD and not payload.is_eof() and self._body_timer is None:
+                self._body_timer = self._loop.call_later(self._body_timeout, self._check_body, payload)
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self._loop.call_later(self._header_timeout, self._on_header_timeout)
+
+    def _cancel(self, *, header: bool) -> None:
+        timer = self._header_timer if header else self._body_timer
+        if timer is not None:
+            timer.cancel()
+        if header:
+            self._header_timer = None
+        else:
+            self._body_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel(header=True)
+        self._cancel(header=False)
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self._messages or self._current_request is not None or self.transport is None:
+            return  # a request is queued or running: its head is complete
+        log.warning("closing connection from %s: request head not complete within %ss (408)",
+                    _peer(self), self._header_timeout)
+        self._send_408("request head not received in time")
+
+    def _check_body(self, payload: StreamReader) -> None:
+        self._body_timer = None
+        if payload.is_eof() or self.transport is None:
+            return
+        now = self._loop.time()
+        if self._reading_paused:
+            # The proxy stopped reading (the upstream is slow to take the body): not the client's fault.
+            self._last_rx = now
+        idle = now - self._last_rx
+        if idle < self._body_timeout:
+            self._body_timer = self._loop.call_later(self._body_timeout - idle, self._check_body, payload)
+            return
+        request = self._current_request
+        started = request is not None and request._payload_writer.output_size > 0
+        log.warning("closing connection from %s: request body stalled for %ss%s", _peer(self), self._body_timeout,
+                    " (response already started)" if started else " (408)")
+        if started:
+            self.force_close()
+        else:
+            self._send_408("request body stalled")
+
+    def _send_408(self, reason: str) -> None:
+        body = (reason + "\n").encode()
+        assert self.transport is not None
+        self.transport.write(TIMEOUT_RESPONSE % (len(body), body))
+        self.force_close()  # transport.close() flushes the 408 first
+
+
+def _framing_problem(msg: RawRequestMessage) -> str | None:
+    if msg.version < HttpVersion10:
+        return "HTTP/0.9 request (no HTTP version in the request line) is not supported"
+    if msg.version == HttpVersion10 and "Transfer-Encoding" in msg.headers:
+        return "Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 section 6.1)"
+    return None
+
+
+def _peer(handler: web_protocol.RequestHandler) -> str:
+    peer = handler.peername
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+class GuardedServer(web.Server):
+    """aiohttp's Server, making :class:`GuardedHandler` connections."""
+
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = {"header_timeout": header_timeout, "body_timeout": body_timeout}
+
+    def __call__(self) -> GuardedHandler:
+        return GuardedHandler(self, loop=self._loop, **self._guard, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """``web.AppRunner`` whose server makes :class:`GuardedHandler` connections.
+
+    ``header_timeout``/``body_timeout`` are attributes so a test may shorten them before ``setup()``.
+    """
+
+    def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT,
+                 body_timeout: float = BODY_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
+                             handler_cancellation=plain.handler_cancellation, loop=plain._loop,
+                             header_timeout=self.header_timeout, body_timeout=self.body_timeout, **plain._kwargs)
