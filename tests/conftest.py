@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
+from yarl import URL
 
 from corsproxy import config as cfg
 from corsproxy.app import build_app
@@ -23,11 +26,14 @@ UPSTREAM_CORS = {
 
 
 class Upstream:
-    """Records what reached it; answers by path."""
+    """Records what reached it (``seen``; ``events`` from routes that note how they ended); answers by path."""
 
     def __init__(self) -> None:
         self.seen: list[web.Request] = []
+        self.events: list[str] = []
+        self.event = asyncio.Event()  # set whenever an event is noted
         self.app = web.Application()
+        self.app[UPSTREAM_KEY] = self
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
         self.server: TestServer | None = None
 
@@ -39,6 +45,15 @@ class Upstream:
     def count(self, method: str | None = None) -> int:
         return sum(1 for r in self.seen if method is None or r.method == method)
 
+    def note(self, event: str) -> None:
+        self.events.append(event)
+        self.event.set()
+
+    async def wait_event(self, timeout: float = 5.0) -> str:
+        """The first event noted (waits for one, bounded)."""
+        await asyncio.wait_for(self.event.wait(), timeout)
+        return self.events[0]
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request)
         path = request.match_info["tail"]
@@ -46,6 +61,9 @@ class Upstream:
             if path.startswith(prefix):
                 return await handler(request)
         return await echo(request)
+
+
+UPSTREAM_KEY = web.AppKey("upstream", Upstream)
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -90,11 +108,16 @@ async def big(request: web.Request) -> web.StreamResponse:
 
 
 async def upload(request: web.Request) -> web.Response:
-    """POST /upload: hashes the body as it streams in."""
+    """POST /upload: hashes the body as it streams in; notes "body-complete" or how reading it ended."""
     digest, size = hashlib.sha256(), 0
-    async for chunk in request.content.iter_any():
-        digest.update(chunk)
-        size += len(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+    except BaseException as exc:  # noted for the test, then re-raised
+        request.app[UPSTREAM_KEY].note(f"body-aborted:{type(exc).__name__}")
+        raise
+    request.app[UPSTREAM_KEY].note("body-complete")
     return web.json_response({"sha256": digest.hexdigest(), "size": size,
                               "chunked": "chunked" in request.headers.get("Transfer-Encoding", "")})
 
@@ -134,6 +157,65 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
+async def hang(request: web.Request) -> web.StreamResponse:
+    """GET /hang: sends headers and one chunk, then waits; notes "cancelled" when the proxy drops it."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await resp.prepare(request)
+    await resp.write(b"started\n")
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        request.app[UPSTREAM_KEY].note("cancelled")
+        raise
+    return resp
+
+
+async def die(request: web.Request) -> web.StreamResponse:
+    """GET /die: promises 1 MiB, sends 64 KiB, then drops the connection."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = 2**20
+    await resp.prepare(request)
+    await resp.write(b"x" * 2**16)
+    await resp.drain()
+    await asyncio.sleep(0.05)
+    assert request.transport is not None
+    request.transport.abort()
+    return resp
+
+
+GZIPPED = gzip.compress(b"hello gzip " * 1000, mtime=0)
+
+
+async def gzipped(request: web.Request) -> web.Response:
+    return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+
+
+async def locations(request: web.Request) -> web.Response:
+    """GET /locations?loc=..&cloc=..: a 201 with those Location / Content-Location values."""
+    headers = {}
+    if "loc" in request.query:
+        headers["Location"] = request.query["loc"]
+    if "cloc" in request.query:
+        headers["Content-Location"] = request.query["cloc"]
+    return web.Response(status=201, text="created", headers=headers)
+
+
+async def not_modified(request: web.Request) -> web.Response:
+    """GET /notmodified: a 304 that carries the representation's headers (ETag, Content-Length)."""
+    return web.Response(status=304, headers={"ETag": '"v1"', "Content-Length": "1234", "Cache-Control": "max-age=1"})
+
+
+async def ws_close(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket that answers the first message by closing with code 4001 and its text as reason."""
+    sock = web.WebSocketResponse()
+    await sock.prepare(request)
+    async for msg in sock:
+        if msg.type.name == "TEXT":
+            await sock.close(code=4001, message=msg.data.encode())
+    request.app[UPSTREAM_KEY].note(f"ws-closed:{sock.close_code}")
+    return sock
+
+
 ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/cors": with_cors,
     "v1/sse": sse,
@@ -144,7 +226,13 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/status/": status,
     "v1/slow": slow,
     "v1/hop": hop,
+    "v1/wsclose": ws_close,
     "v1/ws": ws,
+    "v1/hang": hang,
+    "v1/die": die,
+    "v1/gzip": gzipped,
+    "v1/locations": locations,
+    "v1/notmodified": not_modified,
 }
 
 
@@ -196,14 +284,16 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
     """make_proxy(rules_yaml=BASE_RULES, upstream_url=None, extra="") -> Proxy on 127.0.0.1."""
 
     async def make(rules_yaml: str = BASE_RULES, *, upstream_url: str | None = None, extra: str = "",
-                   server_kwargs: dict | None = None) -> Proxy:
-        text = f"upstream:\n  url: {upstream_url or upstream.url + '/v1'}\nadmin: null\n{extra}\n{rules_yaml}"
+                   upstream_extra: str = "", server_kwargs: dict | None = None,
+                   client_kwargs: dict | None = None) -> Proxy:
+        text = (f"upstream:\n  url: {upstream_url or upstream.url + '/v1'}\n{upstream_extra}"
+                f"admin: null\n{extra}\n{rules_yaml}")
         config = cfg.parse(text, "test.yaml", env={})
         exchanges: list[Exchange] = []
         app = build_app(config, observers=[exchanges.append])
         # TestServer runs the app with handler_cancellation=True, as server.py does.
         server = await aiohttp_server(app, host="127.0.0.1", **(server_kwargs or {}))
-        client = await aiohttp_client(server, auto_decompress=False)
+        client = await aiohttp_client(server, auto_decompress=False, **(client_kwargs or {}))
         return Proxy(client, exchanges)
 
     return make
@@ -216,3 +306,34 @@ def echoed(payload: dict) -> dict[str, str]:
 
 def dump(obj: object) -> str:
     return json.dumps(obj, indent=1)
+
+
+class RawResponse:
+    """A response read off a socket as bytes: nothing in between to add, drop or normalize a header."""
+
+    def __init__(self, head: bytes, body: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            self.headers.add(name.strip(), value.strip())
+        self.body = body
+
+
+async def raw_request(url: str, request: bytes, timeout: float = 10.0) -> RawResponse:
+    """Send ``request`` as written to the server at ``url`` (http://127.0.0.1:PORT) and read to EOF.
+
+    Send ``Connection: close`` in ``request``, so the server ends the exchange.
+    """
+    target = URL(url)
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return RawResponse(head, body)
