@@ -8,14 +8,18 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
-from .proxy import LIVE_KEY, OBSERVERS_KEY, SESSION_KEY, Live, Observer, Snapshot, client_ssl, handle
+from .proxy import (LIVE_KEY, OBSERVERS_KEY, SESSION_KEY, STARTED_KEY, Live, Observer, Snapshot, client_ssl,
+                    handle)
 
 
-def build_app(config: Config, *, observers: Iterable[Observer] = ()) -> web.Application:
-    """The proxy app for ``config``; ``observers`` are told about every finished request."""
+def build_app(config: Config, *, observers: Iterable[Observer] = (),
+              started: Iterable[Observer] = ()) -> web.Application:
+    """The proxy app for ``config``; ``observers`` are told about every finished request,
+    ``started`` about every request as it starts (for an in-flight gauge)."""
     app = web.Application(handler_args={"max_field_size": 16 * 1024})
     app[LIVE_KEY] = Live(Snapshot.build(config))
     app[OBSERVERS_KEY] = list(observers)
+    app[STARTED_KEY] = list(started)
     app.cleanup_ctx.append(_client_session)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

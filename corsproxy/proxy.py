@@ -109,6 +109,8 @@ Observer = Callable[[Exchange], None]
 LIVE_KEY = web.AppKey("live", Live)
 SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
 OBSERVERS_KEY = web.AppKey("observers", list[Observer])
+# Told when a request starts (after the decision), before its observers are told it finished.
+STARTED_KEY = web.AppKey("started", list[Observer])
 
 
 class BodyTooLarge(Exception):
@@ -123,13 +125,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         path = decode_path(request.raw_path)
     except BadPath as exc:
-        decision = decide(snap.policy, CorsRequest.from_headers(request.method, resolve_dots(request.raw_path),
-                                                                request.headers))
-        ex = Exchange(request.method, request.raw_path, request.remote or "-", decision)
-        return _done(request, ex, _error(snap, decision, 400, f"{exc}; such paths are never forwarded"))
+        path, bad = resolve_dots(request.raw_path), exc
+    else:
+        bad = None
     decision = decide(snap.policy, CorsRequest.from_headers(request.method, path, request.headers))
     ex = Exchange(request.method, request.raw_path, request.remote or "-", decision)
+    for hook in request.app.get(STARTED_KEY, ()):
+        hook(ex)
     try:
+        if bad is not None:
+            return _done(request, ex, _error(snap, decision, 400, f"{bad}; such paths are never forwarded"))
         if decision.status is not None and decision.enforce:
             return _done(request, ex, _answer(snap, decision))
         if _is_websocket(request):
