@@ -272,7 +272,9 @@ def finish(decision: Decision, headers: MultiHeaders) -> None:
         headers["Vary"] = merge_vary(headers.getall("Vary", []), ORIGIN_VARY)
         return
     allowed = bool(decision.headers) and decision.kind == "actual"
-    keep = allowed and decision.rule.rule.upstream_cors == "keep" and ACAO in headers
+    # SECURITY: only a truly allowed origin keeps the upstream's answer; an invalid or repeated Origin
+    # that a "*" rule answers with a literal * must not get the upstream's reflection of it.
+    keep = allowed and decision.verdict == "allowed" and decision.rule.rule.upstream_cors == "keep" and ACAO in headers
     # A denied preflight passed on (denied_preflight: forward) keeps the upstream's answer,
     # unless the origin itself is denied.
     keep = keep or (decision.kind == "preflight" and decision.verdict != "denied:origin")
