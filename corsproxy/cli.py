@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides listen.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     serve.add_argument("--upstream", metavar="URL", help="upstream base URL (overrides upstream.url)")
-    serve.add_argument("--workers", default="1", help="processes sharing the port (a number, or 'auto')")
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="processes sharing the port with SO_REUSEPORT (a number, or 'auto' = CPU count)")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate the config and print the effective rules",
@@ -83,14 +83,25 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve  # aiohttp is only needed here
+    from .logs import setup
+    from .server import run, worker_argv  # aiohttp is only needed here
 
     def load_config() -> Config:
         return with_overrides(_load(args), host=args.host, port=args.port, upstream=args.upstream)
 
     config = load_config()
-    logging.basicConfig(level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    return asyncio.run(serve(config, load_config))
+    setup(config.logging.level, config.logging.format)
+    argv = worker_argv(args.config or default_config_path(), host=args.host, port=args.port, upstream=args.upstream)
+    return run(config, load_config, workers=args.workers, worker_argv=argv)
+
+
+def _workers(value: str) -> int:
+    """``--workers``: a whole number >= 1, or ``auto`` for one a CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'auto', got {value!r}")
+    return int(value)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -67,6 +67,16 @@ class DecisionLog:
     def counts(self) -> list[tuple[str, int]]:
         return self._counts.most_common()
 
+    @classmethod
+    def merged(cls, parts: list[dict[str, Any]], size: int = DEFAULT_SIZE) -> DecisionLog:
+        """One log from several :meth:`to_json` results (the supervisor's /decisions with --workers)."""
+        log = cls(size)
+        log._entries.extend(sorted((Entry(**e) for p in parts for e in p["entries"]), key=lambda e: e.time))
+        for part in parts:
+            for count in part["counts"]:
+                log._counts[count["reason"]] += count["count"]
+        return log
+
     def to_json(self) -> dict[str, Any]:
         return {
             "entries": [asdict(e) for e in self.entries()],

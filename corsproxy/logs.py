@@ -1,0 +1,98 @@
+"""Logging: the access log (one line a request) and the process's own lines, as text or JSON.
+
+The access log is its own logger, ``corsproxy.access``, always at ``info`` (denials too, with
+their reason) and switched by ``logging.access_log`` rather than by ``logging.level``, as nginx's
+``access_log`` is independent of its ``error_log`` level.
+
+With ``logging.format: json`` every line, the access log's and everyone else's (aiohttp's
+included), is one JSON object: ``time``, ``level``, ``logger``, ``pid`` and either ``message``
+or the access-log fields (:data:`ACCESS_FIELDS`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import IO, Any
+
+ACCESS_LOGGER = "corsproxy.access"
+ACCESS_FIELDS = ("time", "client", "method", "path", "status", "bytes", "bytes_in", "duration", "rule", "verdict",
+                 "origin")
+_TEXT = '%s "%s %s" %d %dB %.1fms rule=%s verdict=%s origin=%s%s'
+
+log = logging.getLogger(ACCESS_LOGGER)
+
+
+def _iso(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line; an access-log record's fields become top-level keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"time": _iso(record.created), "level": record.levelname.lower(),
+                               "logger": record.name, "pid": record.process}
+        fields = getattr(record, "access", None)
+        if fields is not None:
+            out.update(fields)
+        else:
+            out["message"] = record.getMessage()
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler :func:`setup` installed, so a reload replaces it instead of adding one."""
+
+
+def setup(level: str, fmt: str, stream: IO[str] | None = None) -> None:
+    """(Re)configure the root logger: ``level`` for the app's lines, ``fmt`` text or json."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _OurHandler)]:
+        root.removeHandler(old)
+    handler = _OurHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    log.setLevel(logging.INFO)  # the access log follows logging.access_log, not logging.level
+
+
+class AccessLog:
+    """The access-log observer; ``enabled`` follows ``logging.access_log`` across reloads."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def observe(self, ex: Any) -> None:
+        """Log one finished request (an ``Exchange``)."""
+        if not self.enabled:
+            return
+        d = ex.decision
+        verdict = d.verdict if d.enforce else f"{d.verdict} (report-only)"
+        denied = d.verdict.startswith("denied")
+        fields = {
+            "client": ex.client, "method": ex.method, "path": ex.path, "status": ex.status,
+            "bytes": ex.bytes_out, "bytes_in": ex.bytes_in, "duration": round(ex.duration, 6),
+            "rule": d.rule_name, "verdict": verdict, "origin": d.origin or "-",
+        }
+        if denied:
+            fields["reason"] = d.reason
+        if ex.upstream_error:
+            fields["upstream_error"] = ex.upstream_error
+        extra = f' reason="{d.reason}"' if denied else ""
+        if ex.upstream_error:
+            extra += f" upstream_error={ex.upstream_error}"
+        log.info(_TEXT, ex.client, ex.method, ex.path, ex.status, ex.bytes_out, ex.duration * 1000, d.rule_name,
+                 verdict, fields["origin"], extra, extra={"access": fields})
