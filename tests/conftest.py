@@ -158,11 +158,12 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
 
 
 async def hang(request: web.Request) -> web.StreamResponse:
-    """GET /hang: sends headers and one chunk, then waits; notes "cancelled" when the proxy drops it."""
+    """GET /hang: sends headers and one chunk (not with ?quiet), then waits; notes "cancelled" when dropped."""
     resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
-    await resp.prepare(request)
-    await resp.write(b"started\n")
     try:
+        if "quiet" not in request.query:
+            await resp.prepare(request)
+            await resp.write(b"started\n")
         await asyncio.sleep(30)
     except asyncio.CancelledError:
         request.app[UPSTREAM_KEY].note("cancelled")
@@ -176,7 +177,6 @@ async def die(request: web.Request) -> web.StreamResponse:
     resp.content_length = 2**20
     await resp.prepare(request)
     await resp.write(b"x" * 2**16)
-    await resp.drain()
     await asyncio.sleep(0.05)
     assert request.transport is not None
     request.transport.abort()
@@ -190,14 +190,13 @@ async def gzipped(request: web.Request) -> web.Response:
     return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
 
 
-async def locations(request: web.Request) -> web.Response:
-    """GET /locations?loc=..&cloc=..: a 201 with those Location / Content-Location values."""
-    headers = {}
-    if "loc" in request.query:
-        headers["Location"] = request.query["loc"]
-    if "cloc" in request.query:
-        headers["Content-Location"] = request.query["cloc"]
-    return web.Response(status=201, text="created", headers=headers)
+async def respond(request: web.Request) -> web.Response:
+    """GET /respond?status=N&Name=Value...: answers with each other query pair as a response header."""
+    resp = web.Response(status=int(request.query.get("status", "200")), text="respond")
+    for name, value in request.query.items():
+        if name != "status":
+            resp.headers.add(name, value)
+    return resp
 
 
 async def not_modified(request: web.Request) -> web.Response:
@@ -231,7 +230,7 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/hang": hang,
     "v1/die": die,
     "v1/gzip": gzipped,
-    "v1/locations": locations,
+    "v1/respond": respond,
     "v1/notmodified": not_modified,
 }
 

@@ -1,0 +1,130 @@
+"""Responses the proxy makes itself (502, 504, 413, 400) carry the CORS headers an upstream response would get."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from tests.conftest import MakeProxy, Upstream, raw_request
+from tests.test_proxy_preflight import cors_headers
+
+APP = "https://app.example.com"
+RULES = """
+rules:
+  - name: app
+    paths: ["/**"]
+    allow_origins: [https://app.example.com]
+    allow_methods: [GET, POST, PUT]
+    expose_headers: [X-Request-Id]
+    allow_credentials: true
+"""
+ERROR_CORS = {
+    "Access-Control-Allow-Origin": APP,
+    "Access-Control-Allow-Credentials": "true",
+    "Access-Control-Expose-Headers": "X-Request-Id",
+    "Vary": "Origin",
+}
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A loopback port whose accept queue is full, so a new connect hangs (its SYN is dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port), timeout=1)
+    try:
+        yield port
+    finally:
+        filler.close()
+        listener.close()
+
+
+async def test_upstream_refused_is_502_with_cors_headers(make_proxy: MakeProxy, closed_port: int) -> None:
+    proxy = await make_proxy(RULES, upstream_url=f"http://127.0.0.1:{closed_port}/v1")
+    resp = await proxy.client.get("/x", headers={"Origin": APP})
+    assert resp.status == 502
+    assert cors_headers(resp.headers) == ERROR_CORS
+    assert "refused" in await resp.text()
+    assert proxy.exchanges[-1].upstream_error == "refused"
+
+
+async def test_upstream_connect_timeout_is_504_with_cors_headers(make_proxy: MakeProxy, black_hole: int) -> None:
+    proxy = await make_proxy(RULES, upstream_url=f"http://127.0.0.1:{black_hole}/v1",
+                             upstream_extra="  connect_timeout: 0.3\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await proxy.client.get("/x", headers={"Origin": APP})
+    assert resp.status == 504
+    assert loop.time() - started < 3
+    assert cors_headers(resp.headers) == ERROR_CORS
+    assert proxy.exchanges[-1].upstream_error == "timeout"
+
+
+async def test_upstream_read_timeout_is_504_with_cors_headers(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, upstream_extra="  read_timeout: 0.3\n")
+    resp = await proxy.client.get("/slow?s=3", headers={"Origin": APP})
+    assert resp.status == 504
+    assert cors_headers(resp.headers) == ERROR_CORS
+    assert "timeout" in await resp.text()
+
+
+async def test_declared_body_over_the_limit_is_413_before_the_upstream_is_contacted(make_proxy: MakeProxy,
+                                                                                   upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, extra="limits:\n  max_body_size: 1KiB\n")
+    resp = await proxy.client.post("/upload", data=b"x" * 1025, headers={"Origin": APP})
+    assert resp.status == 413
+    assert cors_headers(resp.headers) == ERROR_CORS
+    assert upstream.count() == 0
+    ok = await proxy.client.post("/upload", data=b"x" * 1024, headers={"Origin": APP})
+    assert (await ok.json())["size"] == 1024
+
+
+async def chunks(count: int, size: int = 2**14) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield b"y" * size
+        await asyncio.sleep(0.005)
+
+
+async def test_chunked_body_passing_the_limit_is_413_and_aborts_the_upstream_request(
+        make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, extra="limits:\n  max_body_size: 64KiB\n")
+    resp = await proxy.client.post("/upload", data=chunks(16), headers={"Origin": APP})
+    assert resp.status == 413
+    assert cors_headers(resp.headers) == ERROR_CORS
+    assert "max_body_size" in await resp.text()
+    assert upstream.count() == 1
+    assert (await upstream.wait_event()).startswith("body-aborted:")
+    assert proxy.exchanges[-1].status == 413
+
+
+async def test_chunked_body_under_the_limit_passes(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, extra="limits:\n  max_body_size: 64KiB\n")
+    resp = await proxy.client.post("/upload", data=chunks(4), headers={"Origin": APP})
+    body = await resp.json()
+    assert body == {"sha256": body["sha256"], "size": 4 * 2**14, "chunked": True}
+
+
+@pytest.mark.parametrize("path", ["/public/..%2Fadmin", "/public/%2e%2e/admin", "/a/./b", "/a/%2E/b", "/x/..\\y"],
+                         ids=["encoded-slash", "encoded-dots", "dot", "encoded-dot", "backslash"])
+async def test_dot_segment_path_is_400_and_never_forwarded(make_proxy: MakeProxy, upstream: Upstream,
+                                                           path: str) -> None:
+    proxy = await make_proxy(RULES)
+    request = f"GET {path} HTTP/1.1\r\nHost: proxy\r\nOrigin: {APP}\r\nConnection: close\r\n\r\n"
+    resp = await raw_request(proxy.url, request.encode())
+    assert resp.status == 400
+    assert cors_headers(resp.headers) == ERROR_CORS
+    assert b"never forwarded" in resp.body
+    assert upstream.count() == 0
