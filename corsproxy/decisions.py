@@ -115,12 +115,13 @@ _PAGE = """<!doctype html>
 body{{font:15px/1.4 system-ui,sans-serif;margin:1rem;color:#222;background:#fff}}
 h1{{font-size:1.3rem}} h2{{font-size:1.05rem;margin-top:1.5rem}}
 table{{border-collapse:collapse;width:100%}} th,td{{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;
-vertical-align:top;overflow-wrap:anywhere}}
+vertical-align:top;overflow-wrap:break-word}}
+td.time,td.method,td.rule,td.verdict,td.mode{{white-space:nowrap}}
 th{{background:#f4f4f4}} td.n{{text-align:right}} td.reason{{font-weight:600}} td.verdict{{color:#a00}}
 tr.report-only td.verdict{{color:#a60}} code{{background:#f4f4f4;padding:0 .2rem}}
 @media (max-width:700px){{table.log thead{{display:none}} table.log tr{{display:block;border:1px solid #ddd;
 margin:.5rem 0;padding:.3rem}} table.log td{{display:block;border:0;padding:.1rem .3rem}}
-table.log td::before{{content:attr(data-label) ": ";color:#666;font-weight:400}}}}
+table.log td{{white-space:normal}} table.log td::before{{content:attr(data-label) ": ";color:#666;font-weight:400}}}}
 </style></head><body>
 <h1>Recent CORS decisions that were not plain allows</h1>
 <p>Newest first; the last {shown} of at most {size}. Times are UTC. The same reason is given by
