@@ -216,9 +216,9 @@ def _shadowed(config: Config, rule: Rule) -> Iterator[Warning_]:
         if by not in covering:
             covering.append(by)
     names = " and ".join(f"rules[{r.index}] ({r.name!r}, paths {list(r.paths.patterns)})" for r in covering)
-    yield f"rules[{rule.index}].paths", (f"this rule never matches: {names} come(s) first and cover(s) every path "
-                                         "it lists (the first matching rule wins); move it above, or narrow "
-                                         "the earlier paths")
+    verbs = "comes first and covers" if len(covering) == 1 else "come first and cover"
+    yield f"rules[{rule.index}].paths", (f"this rule never matches: {names} {verbs} every path it lists (the first "
+                                         "matching rule wins); move it above, or narrow the earlier paths")
 
 
 def _covers(rule: Rule, pattern: str) -> bool:

@@ -138,8 +138,8 @@ def test_rule_shadowed_by_an_earlier_catch_all_is_warned_about(tmp_path, capsys)
     allow_origins: [https://other.example.com]
 """)
     assert warnings == [f"{tmp_path}/c.yaml:7: warning: rules[1].paths: this rule never matches: rules[0] "
-                        "('everything', paths ['/**']) come(s) first and cover(s) every path it lists (the first "
-                        "matching rule wins); move it above, or narrow the earlier paths"]
+                        "('everything', paths ['/**']) comes first and covers every path it lists (the first matching "
+                        "rule wins); move it above, or narrow the earlier paths"]
 
 
 def test_rule_shadowed_by_earlier_rules_together_is_warned_about(tmp_path, capsys):
@@ -156,7 +156,8 @@ def test_rule_shadowed_by_earlier_rules_together_is_warned_about(tmp_path, capsy
 """)
     assert len(warnings) == 1
     assert warnings[0].startswith(f"{tmp_path}/c.yaml:10: warning: rules[2].paths: this rule never matches: "
-                                  "rules[0] ('api', paths ['/api/**']) and rules[1] ('files', paths ['/files/*'])")
+                                  "rules[0] ('api', paths ['/api/**']) and rules[1] ('files', paths ['/files/*']) "
+                                  "come first and cover every path")
 
 
 @pytest.mark.parametrize(("first", "second"), [
