@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--preflight", action="store_true",
                          help="explain the OPTIONS preflight the browser sends first")
     explain.set_defaults(func=_explain)
+
+    demo = sub.add_parser("demo", help="see CORS blocked and then allowed in your browser",
+                          description="Start a sample API that sends no CORS headers, corsproxy in front of it "
+                          "and a page on a third origin whose buttons call both. Stop with Ctrl-C.")
+    demo.add_argument("--port", type=int, default=None,
+                      help="the page's port (default 8080, or a free one); the proxy and the API take the next two "
+                      "(or free ones)")
+    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -102,6 +110,30 @@ def _workers(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'auto', got {value!r}")
     return int(value)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import demo  # aiohttp is only needed here
+    from .logs import setup
+
+    def ready(running: demo.Demo) -> None:
+        print("corsproxy demo: CORS blocked, then allowed.\n"
+              f"  Open {running.page_url} in your browser and press the buttons.\n"
+              f"  page       {running.page_url}\n"
+              f"  corsproxy  {running.proxy_url}  (rules: demo-page allows the page on /api/**; private does not)\n"
+              f"  API        {running.api_url}  (a sample API that sends no CORS headers)\n"
+              "Press Ctrl-C to stop.", flush=True)
+
+    setup("info", "text")
+    try:
+        return asyncio.run(demo.run(args.port, ready))
+    except demo.PortInUse as exc:
+        print(f"corsproxy demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C before the servers were up
+        return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
