@@ -1,9 +1,14 @@
 """The request handler: decide with :mod:`policy`, answer or forward with bodies streamed.
 
 Errors we map (one place, :func:`upstream_error`): connect failures and DNS -> 502,
-timeouts -> 504, malformed or dropped upstream responses before headers -> 502.
-After the response has started, an upstream failure aborts the client connection.
-Everything else reaches aiohttp's 500.
+timeouts -> 504, malformed or dropped upstream responses before headers -> 502, a refused
+WebSocket handshake -> 502, and a streamed request body passing ``max_body_size`` -> 413
+(:class:`BodyTooLarge` raised in our body generator; aiohttp's client wraps it in a
+``ClientConnectionError`` whose ``__cause__`` it is, and drops the upstream connection).
+After the response has started, an upstream failure (or a client write that fails)
+aborts the client connection; aiohttp then logs the premature close at debug level only.
+A client that goes away cancels the handler (``handler_cancellation``), and so the upstream
+request. Everything else reaches aiohttp's 500.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config, IPNetwork
-from .headers import hop_by_hop, merge_vary, rewrite_location
+from .headers import hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
 from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
 
@@ -193,7 +198,8 @@ def upstream_headers(snap: Snapshot, request: web.Request) -> CIMultiDict[str]:
     up = snap.config.upstream
     if up.host_header == "upstream":
         out["Host"] = snap.upstream_host
-    out["Via"] = merge_vary(out.getall("Via", []), [VIA]) if "Via" in out else VIA
+    # Appended, never merged: a second corsproxy in a chain is a second hop (RFC 9110 §7.6.3).
+    out["Via"] = ", ".join([*out.popall("Via", []), VIA])
     if up.forwarded_headers:
         remote = request.remote or ""
         prior = ", ".join(out.getall("X-Forwarded-For", []))
@@ -245,19 +251,48 @@ async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.St
         ) as upstream:
             return await _relay(request, snap, ex, upstream)
     except aiohttp.ClientError as exc:
-        if ex.status:  # the response had started: nothing to send but an aborted connection
-            raise
-        if limit is not None and ex.bytes_in > limit:
-            return _done(request, ex, _error(snap, ex.decision, 413, f"request body over {limit} bytes (max_body_size)"))
-        status, kind = upstream_error(exc)
+        return _done(request, ex, _failed(request, snap, ex, exc))
+
+
+def _failed(request: web.Request, snap: Snapshot, ex: Exchange, exc: aiohttp.ClientError) -> web.Response:
+    """The response for a request that failed before any of the upstream's response was relayed."""
+    status, kind = upstream_error(exc)
+    if status == 413:  # the client's fault, not the upstream's: no upstream_error
+        message = f"request body over {snap.config.limits.max_body_size} bytes (max_body_size)"
+    else:
         ex.upstream_error = kind
-        log.warning("upstream %s for %s %s: %s", kind, request.method, request.raw_path, exc)
-        return _done(request, ex, _error(snap, ex.decision, status, f"upstream {kind}: {_describe(exc)}"))
+        message = f"upstream {kind}: {_describe(exc)}"
+        log.warning("upstream %s for %s %s: %s", kind, request.method, request.raw_path, _describe(exc))
+    return _error(snap, ex.decision, status, message)
 
 
 async def _relay(request: web.Request, snap: Snapshot, ex: Exchange,
                  upstream: aiohttp.ClientResponse) -> web.StreamResponse:
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    _copy_response_headers(request, snap, ex, upstream, resp)
+    ex.status = upstream.status
+    try:
+        await resp.prepare(request)
+        if request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES:
+            await _stream_body(request, ex, upstream, resp)
+        if ex.upstream_error is None:
+            await resp.write_eof()
+            return resp
+    except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
+        pass
+    _abort(request)
+    return resp  # aiohttp's own write_eof then meets a closed transport: logged at debug, no traceback
+
+
+async def _stream_body(request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse,
+                       resp: web.StreamResponse) -> None:
+    while chunk := await _read_upstream(request, ex, upstream):
+        await resp.write(chunk)
+        ex.bytes_out += len(chunk)
+
+
+def _copy_response_headers(request: web.Request, snap: Snapshot, ex: Exchange, upstream: aiohttp.ClientResponse,
+                           resp: web.StreamResponse) -> None:
     drop = hop_by_hop(upstream.headers.getall("Connection", ()))
     headers = resp.headers
     for name, value in upstream.headers.items():
@@ -267,24 +302,17 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange,
         _rewrite_locations(snap, request, headers)
     finish(ex.decision, headers)
     _debug_header(snap, ex.decision, resp)
-    ex.status = upstream.status
-    await resp.prepare(request)
-    if request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES:
-        while True:
-            try:
-                chunk = await upstream.content.readany()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                ex.upstream_error = "aborted"
-                log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
-                            request.method, request.raw_path, _describe(exc))
-                _abort(request)
-                return resp
-            if not chunk:
-                break
-            ex.bytes_out += len(chunk)
-            await resp.write(chunk)  # a client that went away raises here, and aiohttp closes up
-    await resp.write_eof()
-    return resp
+
+
+async def _read_upstream(request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes:
+    """The next chunk of the upstream's body; b"" at its end, or when it failed (``ex.upstream_error`` set)."""
+    try:
+        return await upstream.content.readany()
+    except aiohttp.ClientError as exc:  # payload errors, resets and the read timeout (ServerTimeoutError)
+        ex.upstream_error = "aborted"
+        log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
+                    request.method, request.raw_path, _describe(exc))
+        return b""
 
 
 def _abort(request: web.Request) -> None:
@@ -303,7 +331,10 @@ def _rewrite_locations(snap: Snapshot, request: web.Request, headers: CIMultiDic
 
 
 def upstream_error(exc: aiohttp.ClientError) -> tuple[int, str]:
-    """Map a client error before the response started to (status, kind)."""
+    """Map a client error before the response started to (status, kind): the one place errors get a status."""
+    if isinstance(exc.__cause__, BodyTooLarge):
+        # aiohttp wraps what the request-body generator raises in a ClientConnectionError, cause kept.
+        return 413, "too-large"
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return 504, "timeout"
     if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
@@ -314,7 +345,7 @@ def upstream_error(exc: aiohttp.ClientError) -> tuple[int, str]:
         return 502, "refused"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
         return 502, "reset"
-    return 502, "protocol"
+    return 502, "protocol"  # a malformed response, or a WebSocket handshake the upstream refused
 
 
 def _describe(exc: BaseException) -> str:
@@ -343,17 +374,14 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
         upstream = await request.app[SESSION_KEY].ws_connect(
-            upstream_url(snap, request), headers=headers, protocols=protocols, autoping=False,
+            upstream_url(snap, request), headers=headers, protocols=protocols, autoping=False, autoclose=False,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         )
-    except aiohttp.WSServerHandshakeError as exc:
-        ex.upstream_error = "protocol"
-        return _done(request, ex, _error(snap, ex.decision, 502, f"upstream refused the WebSocket: {exc.status}"))
-    except aiohttp.ClientError as exc:
-        status, ex.upstream_error = upstream_error(exc)
-        return _done(request, ex, _error(snap, ex.decision, status, f"upstream {ex.upstream_error}: {exc}"))
+    except aiohttp.ClientError as exc:  # a refused handshake (WSServerHandshakeError) included
+        return _done(request, ex, _failed(request, snap, ex, exc))
     async with upstream:
-        client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=False)
+        client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=False,
+                                       autoclose=False)  # close frames are relayed by _pump
         finish(ex.decision, client.headers)
         _debug_header(snap, ex.decision, client)
         await client.prepare(request)
@@ -371,27 +399,55 @@ async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebS
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await upstream.close()
-        await client.close()
+        await upstream.close(code=WS_LOST["in"])
+        await client.close(code=WS_LOST["out"])
 
 
-async def _pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, ex: Exchange, direction: str) -> None:
-    async for msg in src:
-        size = len(msg.data) if isinstance(msg.data, bytes | str) else 0
+WSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+# Codes a peer may report that must never be sent in a close frame (RFC 6455 §7.4.1): 1005 (none given)
+# is passed on as 1000; 1006/1015 (connection lost) as WS_LOST: "going away" (1001) to the upstream when
+# the client vanished ("in"), "bad gateway" (1014) to the client when the upstream did ("out").
+WS_NO_CODE = 1005
+WS_UNSENDABLE = frozenset({1006, 1015})
+WS_LOST = {"in": aiohttp.WSCloseCode.GOING_AWAY, "out": aiohttp.WSCloseCode.BAD_GATEWAY}
+WS_DATA = {aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG}
+
+
+async def _pump(src: WSocket, dst: WSocket, ex: Exchange, direction: str) -> None:
+    """Relay src -> dst; when src closes, close dst with src's code and reason, then answer src's close."""
+    while (msg := await src.receive()).type in WS_DATA:
+        await _send(dst, msg)
+        size = len(msg.data)
         if direction == "in":
             ex.bytes_in += size
         else:
             ex.bytes_out += size
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            await dst.send_str(msg.data)
-        elif msg.type == aiohttp.WSMsgType.BINARY:
-            await dst.send_bytes(msg.data)
-        elif msg.type == aiohttp.WSMsgType.PING:
-            await dst.ping(msg.data)
-        elif msg.type == aiohttp.WSMsgType.PONG:
-            await dst.pong(msg.data)
-    await dst.close(code=src.close_code or aiohttp.WSCloseCode.OK)
+    if msg.type == aiohttp.WSMsgType.CLOSING:
+        return  # our own close() of src woke this receive: the other pump is closing both sides
+    code, reason = _close_frame(msg, WS_LOST[direction])
+    await dst.close(code=code, message=reason)
+    await src.close(code=code)
+
+
+async def _send(dst: WSocket, msg: aiohttp.WSMessage) -> None:
+    if msg.type == aiohttp.WSMsgType.TEXT:
+        await dst.send_str(msg.data)
+    elif msg.type == aiohttp.WSMsgType.BINARY:
+        await dst.send_bytes(msg.data)
+    elif msg.type == aiohttp.WSMsgType.PING:
+        await dst.ping(msg.data)
+    else:
+        await dst.pong(msg.data)
+
+
+def _close_frame(msg: aiohttp.WSMessage, lost: int) -> tuple[int, bytes]:
+    """The code and reason to pass on for how src ended: its CLOSE frame, or ``lost`` when it just vanished."""
+    code = int(msg.data or WS_NO_CODE) if msg.type == aiohttp.WSMsgType.CLOSE else 1006  # else CLOSED or ERROR
+    if code == WS_NO_CODE:
+        return aiohttp.WSCloseCode.OK, b""
+    if code in WS_UNSENDABLE:
+        return lost, b""
+    return code, (msg.extra or "").encode()
 
 
 def client_ssl(config: Config) -> ssl.SSLContext | bool:

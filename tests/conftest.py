@@ -215,6 +215,16 @@ async def ws_close(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
+async def ws_die(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket whose connection drops (no close frame) on the first message."""
+    sock = web.WebSocketResponse()
+    await sock.prepare(request)
+    async for _ in sock:
+        assert request.transport is not None
+        request.transport.abort()
+    return sock
+
+
 ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/cors": with_cors,
     "v1/sse": sse,
@@ -226,6 +236,7 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/slow": slow,
     "v1/hop": hop,
     "v1/wsclose": ws_close,
+    "v1/wsdie": ws_die,
     "v1/ws": ws,
     "v1/hang": hang,
     "v1/die": die,

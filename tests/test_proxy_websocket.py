@@ -1,0 +1,110 @@
+"""WebSocket upgrades through the real proxy (design §4 "Forwarding": the handshake Origin check)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import pytest
+
+from tests.conftest import MakeProxy, Upstream
+
+RULES = """
+rules:
+  - name: app
+    paths: ["/ws/**", "/wsclose", "/wsdie"]
+    allow_origins: [https://app.example.com]
+"""
+APP = {"Origin": "https://app.example.com"}
+
+
+async def test_websocket_from_an_allowed_origin_echoes_both_ways(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    async with proxy.client.ws_connect("/ws/chat", headers=APP) as sock:
+        await sock.send_str("hello")
+        assert await sock.receive_str(timeout=5) == "echo:hello"
+        await sock.send_str("again")
+        assert await sock.receive_str(timeout=5) == "echo:again"
+    assert upstream.count() == 1
+    assert upstream.seen[0].headers["Origin"] == "https://app.example.com"
+    assert upstream.seen[0].headers["Via"] == "1.1 corsproxy"
+    for _ in range(50):  # the observer runs as the handler returns, just after the close handshake
+        if proxy.exchanges:
+            break
+        await asyncio.sleep(0.02)
+    assert proxy.exchanges[-1].status == 101
+    assert proxy.exchanges[-1].bytes_in == len("hello") + len("again")
+
+
+async def test_websocket_from_a_disallowed_origin_gets_403_and_never_reaches_the_upstream(
+        make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await proxy.client.ws_connect("/ws/chat", headers={"Origin": "https://evil.test"})
+    assert caught.value.status == 403
+    assert caught.value.headers is not None
+    assert caught.value.headers["Vary"] == "Origin"
+    assert not any(k.lower().startswith("access-control-") for k in caught.value.headers)
+    assert upstream.count() == 0
+
+
+async def test_websocket_with_no_rule_passes_whatever_the_origin(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    async with proxy.client.ws_connect("/ws-other", headers={"Origin": "https://evil.test"}) as sock:
+        await sock.send_str("x")
+        assert await sock.receive_str(timeout=5) == "echo:x"
+    assert upstream.count() == 1
+
+
+async def test_upstream_close_code_and_reason_reach_the_client(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    async with proxy.client.ws_connect("/wsclose", headers=APP) as sock:
+        await sock.send_str("bye")
+        msg = await sock.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert (msg.data, msg.extra) == (4001, "bye")
+    assert await upstream.wait_event() == "ws-closed:4001"
+
+
+async def test_client_close_code_reaches_the_upstream(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    sock = await proxy.client.ws_connect("/wsclose", headers=APP)
+    await sock.close(code=4002, message=b"leaving")
+    assert await upstream.wait_event() == "ws-closed:4002"
+
+
+async def test_upstream_dropping_the_websocket_closes_the_client_with_bad_gateway(
+        make_proxy: MakeProxy, upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = await make_proxy(RULES)
+    async with proxy.client.ws_connect("/wsdie", headers=APP) as sock:
+        await sock.send_str("boom")
+        msg = await sock.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert msg.data == aiohttp.WSCloseCode.BAD_GATEWAY  # 1006 is never sent on the wire (RFC 6455 §7.4.1)
+    await asyncio.sleep(0.1)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_websocket_handshake_headers_are_the_upstreams_own(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    async with proxy.client.ws_connect("/ws/x", headers={**APP, "X-Custom": "1"}) as sock:
+        await sock.send_str("x")
+        await sock.receive_str(timeout=5)
+    seen = {k.lower(): v for k, v in upstream.seen[0].headers.items()}
+    assert seen["x-custom"] == "1"
+    assert seen["upgrade"].lower() == "websocket"
+    assert seen["sec-websocket-key"]
+
+
+async def test_websocket_the_upstream_refuses_is_502_with_cors_headers(make_proxy: MakeProxy,
+                                                                       upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES.replace('"/wsdie"]', '"/wsdie", "/plain"]'))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await proxy.client.ws_connect("/plain", headers=APP)  # the upstream answers 200 JSON, no upgrade
+    assert caught.value.status == 502
+    assert caught.value.headers is not None
+    assert caught.value.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert upstream.count() == 1
+    assert proxy.exchanges[-1].upstream_error == "protocol"
