@@ -17,6 +17,7 @@ from yarl import URL
 from corsproxy import config as cfg
 from corsproxy.app import build_app
 from corsproxy.proxy import Exchange
+from corsproxy.server import server_ssl
 
 UPSTREAM_CORS = {
     "Access-Control-Allow-Origin": "https://upstream-says.example",
@@ -301,8 +302,11 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
         config = cfg.parse(text, "test.yaml", env={})
         exchanges: list[Exchange] = []
         app = build_app(config, observers=[exchanges.append])
+        server_kwargs = dict(server_kwargs or {})
+        if config.listen.tls is not None:  # listen.tls served as server.py serves it
+            server_kwargs.setdefault("ssl", server_ssl(config))
         # TestServer runs the app with handler_cancellation=True, as server.py does.
-        server = await aiohttp_server(app, host="127.0.0.1", **(server_kwargs or {}))
+        server = await aiohttp_server(app, host="127.0.0.1", **server_kwargs)
         client = await aiohttp_client(server, auto_decompress=False, **(client_kwargs or {}))
         return Proxy(client, exchanges)
 

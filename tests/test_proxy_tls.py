@@ -1,0 +1,110 @@
+"""TLS on both sides, with certificates from a throwaway CA (trustme): the listener and an https upstream."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import MakeProxy, Upstream, echoed
+
+RULES = """
+rules:
+  - name: app
+    paths: ["/**"]
+    allow_origins: [https://app.example.com]
+"""
+APP = {"Origin": "https://app.example.com"}
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def pem_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+    """cert/key for 127.0.0.1 and the CA file, written where a config can name them."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {"cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem", "ca": tmp_path / "ca.pem"}
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(paths["cert"]), append=True)
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.fixture
+async def tls_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]], pem_files: dict[str, str]) -> Upstream:
+    up = Upstream()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem_files["cert"], pem_files["key"])
+    up.server = await aiohttp_server(up.app, host="127.0.0.1", ssl=ctx)
+    return up
+
+
+def trusting(pem_files: dict[str, str]) -> dict:
+    """ClientSession options for a client that trusts the test CA."""
+    return {"connector": aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=pem_files["ca"]))}
+
+
+async def test_proxy_listens_with_tls(make_proxy: MakeProxy, upstream: Upstream, pem_files: dict[str, str]) -> None:
+    listen = f"listen:\n  tls:\n    cert: {pem_files['cert']}\n    key: {pem_files['key']}\n"
+    proxy = await make_proxy(RULES, extra=listen, client_kwargs=trusting(pem_files))
+    assert proxy.url.startswith("https://127.0.0.1:")
+    resp = await proxy.client.get("/api/x", headers=APP)
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert echoed(await resp.json())["x-forwarded-proto"] == "https"
+    moved = await proxy.client.get(f"/respond?status=302&Location={upstream.url}/v1/next", allow_redirects=False)
+    assert moved.headers["Location"] == f"{proxy.url}/next"
+
+
+async def test_proxy_with_tls_refuses_a_client_that_does_not_trust_it(make_proxy: MakeProxy,
+                                                                      pem_files: dict[str, str]) -> None:
+    listen = f"listen:\n  tls:\n    cert: {pem_files['cert']}\n    key: {pem_files['key']}\n"
+    proxy = await make_proxy(RULES, extra=listen)
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        await proxy.client.get("/api/x")
+
+
+async def test_https_upstream_verified_with_ca_file(make_proxy: MakeProxy, tls_upstream: Upstream,
+                                                    pem_files: dict[str, str]) -> None:
+    proxy = await make_proxy(RULES, upstream_url=tls_upstream.url + "/v1",
+                             upstream_extra=f"  ca_file: {pem_files['ca']}\n")
+    resp = await proxy.client.get("/api/x", headers=APP)
+    assert resp.status == 200
+    assert (await resp.json())["raw_path"] == "/v1/api/x"
+    assert tls_upstream.count() == 1
+
+
+async def test_https_upstream_without_its_ca_is_502(make_proxy: MakeProxy, tls_upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, upstream_url=tls_upstream.url + "/v1")
+    resp = await proxy.client.get("/api/x", headers=APP)
+    assert resp.status == 502
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "tls" in await resp.text()
+    assert proxy.exchanges[-1].upstream_error == "tls"
+    assert tls_upstream.count() == 0
+
+
+async def test_https_upstream_accepted_when_tls_verify_is_off(make_proxy: MakeProxy, tls_upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, upstream_url=tls_upstream.url + "/v1", upstream_extra="  tls_verify: false\n")
+    resp = await proxy.client.get("/api/x", headers=APP)
+    assert resp.status == 200
+    assert tls_upstream.count() == 1
+
+
+async def test_https_upstream_websocket(make_proxy: MakeProxy, tls_upstream: Upstream,
+                                        pem_files: dict[str, str]) -> None:
+    proxy = await make_proxy(RULES, upstream_url=tls_upstream.url + "/v1",
+                             upstream_extra=f"  ca_file: {pem_files['ca']}\n")
+    async with proxy.client.ws_connect("/ws", headers=APP) as sock:
+        await sock.send_str("over tls")
+        assert await sock.receive_str(timeout=5) == "echo:over tls"
