@@ -57,8 +57,10 @@ class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler :func:`setup` installed, so a reload replaces it instead of adding one."""
 
 
-def setup(level: str, fmt: str, stream: IO[str] | None = None) -> None:
-    """(Re)configure the root logger: ``level`` for the app's lines, ``fmt`` text or json."""
+def setup(level: str, fmt: str, stream: IO[str] | None = None) -> logging.Handler:
+    """(Re)configure the root logger: ``level`` for the app's lines, ``fmt`` text or json.
+
+    Returns the handler it installed (a test removes it again)."""
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _OurHandler)]:
         root.removeHandler(old)
@@ -67,6 +69,7 @@ def setup(level: str, fmt: str, stream: IO[str] | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     log.setLevel(logging.INFO)  # the access log follows logging.access_log, not logging.level
+    return handler
 
 
 class AccessLog:
