@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web, web_protocol
 from aiohttp.http import HttpVersion10, RawRequestMessage
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 log = logging.getLogger("corsproxy")
@@ -49,7 +49,7 @@ TIMEOUT_RESPONSE = (
 class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
-    __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx")
+    __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -58,6 +58,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._last_rx = 0.0
+        self._quiet = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -91,6 +92,23 @@ class GuardedHandler(web_protocol.RequestHandler):
                 self._messages[i] = (web_protocol._ErrInfo(400, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
             elif payload is not EMPTY_PAYLOAD and not payload.is_eof() and self._body_timer is None:
                 self._body_timer = self._loop.call_later(self._body_timeout, self._check_body, payload)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        # A client's malformed request: one warning line, not aiohttp's traceback (or, for a
+        # garbage first line, its debug-only note), so every refusal shows in the log.
+        log.warning("refused a malformed request from %s with %d: %s", _peer(self), status, _summary(exc))
+        self._quiet = True
+        try:
+            return super().handle_error(request, status, exc, message)
+        finally:
+            self._quiet = False
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        if not self._quiet:
+            super().log_exception(*args, **kwargs)
 
     def _arm_header_timer(self) -> None:
         self._header_timer = self._loop.call_later(self._header_timeout, self._on_header_timeout)
@@ -150,6 +168,11 @@ def _framing_problem(msg: RawRequestMessage) -> str | None:
     if msg.version == HttpVersion10 and "Transfer-Encoding" in msg.headers:
         return "Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 section 6.1)"
     return None
+
+
+def _summary(exc: HttpProcessingError) -> str:
+    text = " ".join(str(exc.message).split())  # the parser's message quotes the bad bytes over lines
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _peer(handler: web_protocol.RequestHandler) -> str:

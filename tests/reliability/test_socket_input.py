@@ -1,0 +1,223 @@
+"""Bad input at the socket: raw bytes against the proxy served as server.py serves it.
+
+Every case gets a clear 4xx (or a closed connection where HTTP allows nothing else), is
+logged, forwards nothing ambiguous (the recorder upstream shows what arrived), and the
+server serves a normal client right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import pytest
+
+from .conftest import (
+    ALLOWED,
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    Recorder,
+    Served,
+    assert_still_serving,
+    header_names,
+    open_fds,
+    raw_exchange,
+    settle_fds,
+    status_of,
+)
+
+H = b"Host: proxy\r\n"
+POST = b"POST /api/x HTTP/1.1\r\n" + H
+SMUGGLED = b"GET /api/smuggled HTTP/1.1\r\nHost: proxy\r\n\r\n"
+
+# (id, bytes): each must be refused with 400 (431 allowed for size) and reach the upstream not at all.
+REFUSED = [
+    ("garbage request line", b"GARBAGE\r\n\r\n"),
+    ("unknown HTTP version", b"GET /api/x HTTP/9.9\r\n" + H + b"\r\n"),
+    ("HTTP/0.9, no version", b"GET /api/x\r\n\r\n"),
+    ("control char in target", b"GET /api/\x01x HTTP/1.1\r\n" + H + b"\r\n"),
+    ("request line of 10 KB", b"GET /api/" + b"a" * 10_000 + b" HTTP/1.1\r\n" + H + b"\r\n"),
+    ("one header of 20 KB", b"GET /api/x HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n"),
+    ("3000 headers", b"GET /api/x HTTP/1.1\r\n" + H + b"".join(b"X-H%d: v\r\n" % i for i in range(3000)) + b"\r\n"),
+    ("Origin folded over CRLF", b"GET /api/x HTTP/1.1\r\n" + H + b"Origin: " + ALLOWED.encode() + b"\r\n evil\r\n\r\n"),
+    ("Origin with a bare CR", b"GET /api/x HTTP/1.1\r\n" + H + b"Origin: " + ALLOWED.encode() + b"\revil\r\n\r\n"),
+    ("Origin with NUL", b"GET /api/x HTTP/1.1\r\n" + H + b"Origin: https://a\x00.example.com\r\n\r\n"),
+    ("space before colon", b"GET /api/x HTTP/1.1\r\n" + H + b"Origin : " + ALLOWED.encode() + b"\r\n\r\n"),
+    ("bad chunk size", b"POST /api/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+    ("chunk longer than declared",
+     b"POST /api/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n2\r\nabcdef\r\n0\r\n\r\n"),
+    ("Content-Length with Transfer-Encoding",
+     b"POST /api/x HTTP/1.1\r\n" + H + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED),
+    ("Transfer-Encoding with Content-Length",
+     b"POST /api/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n" + SMUGGLED),
+    ("two different Content-Lengths", POST + b"Content-Length: 3\r\nContent-Length: 5\r\n\r\nabcde"),
+    ("two equal Content-Lengths", POST + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc"),
+    ("Content-Length list", b"POST /api/x HTTP/1.1\r\n" + H + b"Content-Length: 3, 3\r\n\r\nabc"),
+    ("negative Content-Length", b"POST /api/x HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n"),
+    ("signed Content-Length", b"POST /api/x HTTP/1.1\r\n" + H + b"Content-Length: +3\r\n\r\nabc"),
+    ("chunked, identity", b"POST /api/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+    ("unknown Transfer-Encoding", POST + b"Transfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    ("Transfer-Encoding in HTTP/1.0",
+     b"POST /api/x HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + SMUGGLED),
+]
+
+
+@pytest.mark.parametrize("data", [d for _, d in REFUSED], ids=[i for i, _ in REFUSED])
+async def test_malformed_request_is_refused_logged_never_forwarded_and_server_keeps_serving(
+        served: Served, recorder: Recorder, caplog: pytest.LogCaptureFixture, data: bytes) -> None:
+    caplog.set_level(logging.INFO)
+    response = await raw_exchange(served.port, data)
+    assert status_of(response) in (400, 431), response[:200]
+    assert response.closed  # one answer, then the connection is closed: no second request is read from it
+    assert recorder.seen == []  # nothing reached the upstream, smuggled or not
+    assert any(r.levelno == logging.WARNING and "refused a malformed request" in r.getMessage() for r in caplog.records)
+    await assert_still_serving(served.url)
+
+
+async def test_content_length_shorter_than_body_forwards_exactly_the_declared_bytes_and_no_smuggled_request(
+        served: Served, recorder: Recorder) -> None:
+    head = b"POST /api/x HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(head + b"abc")
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"}"), 5)  # the JSON body of the first answer
+    writer.write(b"defGET /api/smuggled HTTP/1.1\r\n" + H + b"\r\n")  # the lie's leftover: a bad request line
+    rest = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert status_of(first) == 200 and status_of(rest) == 400
+    assert [(s.method, s.path, s.body) for s in recorder.seen] == [("POST", "/api/x", b"abc")]
+    await assert_still_serving(served.url)
+
+
+async def test_content_length_longer_than_body_times_out_with_408_and_never_completes_upstream(
+        served: Served, recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    started = time.monotonic()
+    response = await raw_exchange(served.port, b"POST /api/x HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\nabc",
+                                  wait=BODY_TIMEOUT + 4)
+    assert status_of(response) == 408, response
+    assert BODY_TIMEOUT <= time.monotonic() - started < BODY_TIMEOUT + 3
+    await asyncio.sleep(0.2)
+    assert all(s.body is None for s in recorder.seen)  # the upstream never got a whole body
+    assert "request body stalled" in caplog.text
+    await assert_still_serving(served.url)
+
+
+ODD_ORIGINS = [
+    ("non-ASCII", "Origin: https://äpp.example.com".encode()),
+    ("10 KB long", b"Origin: https://" + b"a" * 10_000 + b".evil.com"),
+    ("two Origin headers", b"Origin: " + ALLOWED.encode() + b"\r\nOrigin: https://evil.com"),
+    ("two values in one", b"Origin: " + ALLOWED.encode() + b", https://evil.com"),
+    ("allowed origin with a path", b"Origin: " + ALLOWED.encode() + b"/"),
+    ("userinfo trick", b"Origin: https://app.example.com@evil.com"),
+]
+
+
+@pytest.mark.parametrize("origin", [o for _, o in ODD_ORIGINS], ids=[i for i, _ in ODD_ORIGINS])
+async def test_odd_origin_is_never_echoed_and_preflight_with_it_is_denied(
+        served: Served, recorder: Recorder, origin: bytes) -> None:
+    actual = await raw_exchange(served.port, b"GET /api/x HTTP/1.1\r\n" + H + origin + b"\r\nConnection: close\r\n\r\n")
+    assert status_of(actual) == 200
+    # The upstream reflects any Origin with credentials; none of it may reach the client.
+    assert not [n for n in header_names(actual) if n.startswith("access-control-")], actual
+    assert b"\r\nVary: Origin" in actual
+    preflight = await raw_exchange(served.port, b"OPTIONS /api/x HTTP/1.1\r\n" + H + origin +
+                                   b"\r\nAccess-Control-Request-Method: GET\r\nConnection: close\r\n\r\n")
+    assert status_of(preflight) == 403
+    assert not [n for n in header_names(preflight) if n.startswith("access-control-")], preflight
+    assert [s.method for s in recorder.seen] == ["GET"]  # the preflight never went upstream
+    assert [e.decision.verdict for e in served.exchanges] == ["denied:origin", "denied:origin"]
+    await assert_still_serving(served.url)
+
+
+# ------------------------------------------------------------------ slow clients
+
+
+async def test_request_head_trickled_past_the_header_timeout_gets_408_and_is_logged(
+        served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    started = time.monotonic()
+    answer = asyncio.ensure_future(reader.read())
+    writer.write(b"GET /api/x HTTP/1.1\r\nX-Slow: ")
+    for _ in range(int((HEADER_TIMEOUT + 2) / 0.2)):  # a byte every 0.2 s: never idle, never done
+        if answer.done():
+            break
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"X")
+        await asyncio.sleep(0.2)
+    response = await asyncio.wait_for(answer, 3)
+    writer.close()
+    assert status_of(response) == 408
+    assert HEADER_TIMEOUT <= time.monotonic() - started < HEADER_TIMEOUT + 3
+    assert "request head not complete" in caplog.text
+    await assert_still_serving(served.url)
+
+
+async def test_silent_connection_is_closed_after_the_header_timeout(served: Served) -> None:
+    started = time.monotonic()
+    response = await raw_exchange(served.port, b"", wait=HEADER_TIMEOUT + 3)
+    assert status_of(response) == 408
+    assert time.monotonic() - started < HEADER_TIMEOUT + 2
+
+
+async def test_idle_keep_alive_connection_outlives_the_header_timeout(served: Served) -> None:
+    # The header timeout starts at a request's first byte; an idle keep-alive connection
+    # between requests is governed by the keep-alive timer, not by it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    request = b"GET /api/x HTTP/1.1\r\n" + H + b"Origin: " + ALLOWED.encode() + b"\r\n\r\n"
+    statuses = []
+    for _ in range(2):
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        statuses.append(status_of(head))
+        await asyncio.sleep(HEADER_TIMEOUT * 1.5)
+    writer.close()
+    assert statuses == [200, 200]
+
+
+async def test_slow_but_steady_body_is_not_cut_by_the_body_timeout(served: Served, recorder: Recorder) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(b"POST /api/x HTTP/1.1\r\n" + H + b"Content-Length: 6\r\nConnection: close\r\n\r\n")
+    for byte in b"abcdef":  # 6 bytes over ~1.8 s, each gap well under the body timeout
+        writer.write(bytes([byte]))
+        await asyncio.sleep(BODY_TIMEOUT * 0.3)
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert status_of(response) == 200
+    assert [s.body for s in recorder.seen] == [b"abcdef"]
+
+
+async def test_chunked_body_that_stalls_gets_408_and_the_upstream_never_gets_it_whole(
+        served: Served, recorder: Recorder) -> None:
+    response = await raw_exchange(
+        served.port, b"POST /api/x HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        wait=BODY_TIMEOUT + 4)
+    assert status_of(response) == 408
+    await asyncio.sleep(0.2)
+    assert all(s.body is None for s in recorder.seen)
+    await assert_still_serving(served.url)
+
+
+async def test_200_slowloris_connections_do_not_stop_a_normal_client_and_all_get_closed(served: Served) -> None:
+    await assert_still_serving(served.url)  # warm: the proxy's pooled upstream connection is open
+    before = open_fds()
+    conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", served.port) for _ in range(200)))
+    for _, writer in conns:
+        writer.write(b"GET /api/x HTTP/1.1\r\nHost: proxy\r\nX-Slow: ")
+    await asyncio.sleep(0.1)
+    latencies = []
+    for _ in range(5):
+        started = time.monotonic()
+        await assert_still_serving(served.url)
+        latencies.append(time.monotonic() - started)
+    assert max(latencies) < 1.0, latencies
+    # Every slowloris connection is answered 408 and closed by the header timeout.
+    answers = await asyncio.gather(*(asyncio.wait_for(reader.read(), HEADER_TIMEOUT + 5) for reader, _ in conns))
+    assert [status_of(a) for a in answers] == [408] * 200
+    for _, writer in conns:
+        writer.close()
+    assert await settle_fds("self", before) <= before
+    await assert_still_serving(served.url)
