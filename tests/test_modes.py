@@ -6,10 +6,14 @@ from __future__ import annotations
 import socket
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from corsproxy import config as cfg
+from corsproxy.admin import AdminState, build_admin
 from corsproxy.app import build_app
 from corsproxy.decisions import DecisionLog
+from corsproxy.logs import ACCESS_LOGGER, AccessLog
+from corsproxy.metrics import Metrics
 from tests.conftest import UPSTREAM_CORS
 
 APP = "https://app.example.com"
@@ -120,6 +124,31 @@ async def test_report_only_would_be_denials_are_logged_counted_and_listed(make_p
                             ("denied:method: method DELETE not in allow_methods", 1)]
     page = log.render_html()
     assert "method DELETE not in allow_methods" in page and "report-only" in page
+
+
+async def test_report_only_denials_reach_access_log_metrics_and_admin_decisions(aiohttp_client, upstream, caplog):
+    config = cfg.parse(f"upstream: {{url: '{upstream.url}/v1'}}\n{rules(mode='report-only')}", "t.yaml", env={})
+    registry, log = CollectorRegistry(), DecisionLog()
+    metrics = Metrics(registry)
+    proxy = await aiohttp_client(build_app(config, observers=[AccessLog().observe, metrics.observe, log.observe],
+                                           started=[metrics.started]))
+
+    async def decisions() -> DecisionLog:
+        return log
+
+    admin = await aiohttp_client(build_admin(AdminState(lambda: config, registry, decisions)))
+    with caplog.at_level("INFO", logger=ACCESS_LOGGER):
+        resp = await proxy.options("/api/x", headers={"Origin": APP, "Access-Control-Request-Method": "DELETE"})
+    assert resp.status == 200 and upstream.count("OPTIONS") == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert 'verdict=denied:method (report-only)' in line and 'reason="method DELETE not in allow_methods' in line
+    scraped = await (await admin.get("/metrics")).text()
+    assert 'corsproxy_preflights_total{rule="app",verdict="denied:method (report-only)"} 1.0' in scraped
+    listed = await (await admin.get("/decisions", headers={"Accept": "application/json"})).json()
+    assert [(e["verdict"], e["mode"], e["reason"]) for e in listed["entries"]] == [
+        ("denied:method", "report-only", "method DELETE not in allow_methods (rule 'app')")]
+    page = await (await admin.get("/decisions")).text()
+    assert "method DELETE not in allow_methods (rule &#x27;app&#x27;)" in page
 
 
 # ---------------------------------------------------------------------- upstream_cors
