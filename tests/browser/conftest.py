@@ -49,16 +49,18 @@ def _launch_browser() -> tuple[Any, Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("the Python package 'playwright' is not installed (pip install -e '.[test]')")
-    path = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium")
     pw = sync_playwright().start()
-    try:
-        if path:
-            return pw, pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
-        # A machine where Playwright brought its own browser.
-        return pw, pw.chromium.launch(headless=True, args=CHROMIUM_ARGS)
-    except Exception as exc:  # playwright.Error has no stable import path across versions
+    # Debian's Chromium, else one on PATH, else (a machine where Playwright brought its own) Playwright's.
+    path = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium") or pw.chromium.executable_path
+    if not os.path.isfile(path):
         pw.stop()
-        _unavailable(f"Chromium not found at {CHROMIUM} and Playwright has no browser of its own: {exc}")
+        _unavailable(f"no Chromium: not at {CHROMIUM} (apt-get install chromium, or set $CORSPROXY_CHROMIUM), "
+                     "not on PATH, and Playwright has no browser of its own")
+    try:
+        return pw, pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+    except Exception as exc:  # playwright's Error has no stable import path across versions
+        pw.stop()
+        _unavailable(f"Chromium at {path} did not start: {str(exc).splitlines()[0]}")
         raise
 
 
