@@ -8,8 +8,18 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
-from .proxy import (LIVE_KEY, OBSERVERS_KEY, SESSION_KEY, STARTED_KEY, Live, Observer, Snapshot, client_ssl,
-                    handle)
+from .proxy import (
+    LIVE_KEY,
+    OBSERVERS_KEY,
+    SESSION_KEY,
+    STARTED_KEY,
+    Live,
+    Observer,
+    Snapshot,
+    client_ssl,
+    handle,
+    keep_untyped,
+)
 
 
 def build_app(config: Config, *, observers: Iterable[Observer] = (),
@@ -21,6 +31,7 @@ def build_app(config: Config, *, observers: Iterable[Observer] = (),
     app[OBSERVERS_KEY] = list(observers)
     app[STARTED_KEY] = list(started)
     app.cleanup_ctx.append(_client_session)
+    app.on_response_prepare.append(keep_untyped)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

@@ -36,7 +36,7 @@ log = logging.getLogger("corsproxy")
 VIA = "1.1 corsproxy"
 DECISION_HEADER = "CORS-Decision"
 # Headers aiohttp's client would otherwise add on its own; a proxy sends what the client sent.
-SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 WS_HANDSHAKE_HEADERS = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
@@ -266,9 +266,26 @@ def _failed(request: web.Request, snap: Snapshot, ex: Exchange, exc: aiohttp.Cli
     return _error(snap, ex.decision, status, message)
 
 
+class RelayedResponse(web.StreamResponse):
+    """The upstream's response on its way to the client; ``untyped`` when the upstream sent no Content-Type."""
+
+    untyped = False
+
+
+async def keep_untyped(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: take back the ``application/octet-stream`` aiohttp adds to an untyped body.
+
+    A proxy does not generate the content (RFC 9110 §8.3), and a made-up type changes what a browser
+    does with it (no sniffing, a download instead of a page).
+    """
+    if isinstance(response, RelayedResponse) and response.untyped:
+        response.headers.popall("Content-Type", None)
+
+
 async def _relay(request: web.Request, snap: Snapshot, ex: Exchange,
                  upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    resp = RelayedResponse(status=upstream.status, reason=upstream.reason)
+    resp.untyped = "Content-Type" not in upstream.headers
     _copy_response_headers(request, snap, ex, upstream, resp)
     ex.status = upstream.status
     try:

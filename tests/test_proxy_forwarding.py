@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 import pytest
@@ -116,10 +119,67 @@ async def test_gzip_body_passes_byte_for_byte(make_proxy: MakeProxy) -> None:
     assert resp.body == GZIPPED
 
 
-async def test_request_accept_encoding_is_not_added_by_the_proxy(make_proxy: MakeProxy) -> None:
+async def test_the_proxy_adds_no_request_header_but_host_via_and_forwarded(make_proxy: MakeProxy) -> None:
     proxy = await make_proxy(RULES)
-    seen = echoed(await echo_via_raw(proxy, "/api/x"))
-    assert "accept-encoding" not in seen and "user-agent" not in seen
+    seen = echoed(await echo_via_raw(proxy, "/api/x"))  # no Accept, Accept-Encoding, User-Agent
+    assert set(seen) == {"host", "via", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+
+
+@asynccontextmanager
+async def canned_upstream(response: bytes) -> AsyncIterator[str]:
+    """An upstream that answers every connection with ``response`` as written, then closes: its URL."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+def through_canned(make_proxy: MakeProxy) -> Callable[..., object]:
+    async def run(upstream_response: bytes, request: bytes):
+        async with canned_upstream(upstream_response) as url:
+            proxy = await make_proxy(RULES, upstream_url=url)
+            return await raw_request(proxy.url, request)
+
+    return run
+
+
+async def test_a_body_without_content_type_gets_none_from_the_proxy(through_canned) -> None:
+    resp = await through_canned(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n<b>x!", raw_get("/x"))
+    assert resp.body == b"<b>x!"
+    assert "Content-Type" not in resp.headers
+    assert resp.headers["Content-Length"] == "5"
+
+
+async def test_a_body_read_until_close_is_relayed_chunked(through_canned) -> None:
+    resp = await through_canned(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close", raw_get("/x"))
+    assert resp.headers["Transfer-Encoding"] == "chunked"
+    assert resp.body == b"b\r\nuntil close\r\n0\r\n\r\n"
+
+
+async def test_204_with_content_length_from_the_upstream_has_none_from_the_proxy(through_canned) -> None:
+    resp = await through_canned(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n", raw_get("/x"))
+    assert resp.status == 204
+    assert "Content-Length" not in resp.headers and "Content-Type" not in resp.headers
+    assert resp.headers["X-A"] == "1"
+    assert resp.body == b""
+
+
+async def test_head_answered_chunked_by_the_upstream_has_no_body(through_canned) -> None:
+    resp = await through_canned(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n",
+                                raw_get("/x", method="HEAD"))
+    assert resp.status == 200
+    assert "Transfer-Encoding" not in resp.headers
+    assert resp.body == b""
 
 
 async def test_every_set_cookie_is_kept(make_proxy: MakeProxy) -> None:
