@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from corsproxy.logs import ACCESS_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "https://app.example.com"
+LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"  # corsproxy[speed] or not
 
 
 def free_port() -> int:
@@ -340,7 +342,7 @@ async def test_two_workers_both_serve_a_killed_one_comes_back_and_sigterm_stops_
     setup = Setup(tmp_path / "config.yaml", upstream.url)
     setup.write(rule("app"))
     proc = spawn("-c", str(setup.path), "--workers", "2")
-    await proc.wait_line(lambda line: "supervisor pid" in line and "event loop: uvloop" in line)
+    await proc.wait_line(lambda line: "supervisor pid" in line and f"event loop: {LOOP}" in line)
     deadline = time.monotonic() + 15
     while len([r for r in proc.records() if "worker pid" in r.get("message", "")]) < 2:
         assert time.monotonic() < deadline, "\n".join(proc.lines)
@@ -395,3 +397,11 @@ async def test_two_workers_both_serve_a_killed_one_comes_back_and_sigterm_stops_
     for pid in (workers - {victim}) | {newcomer}:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "two"])
+def test_workers_must_be_a_positive_number_or_auto(tmp_path, workers):
+    done = subprocess.run([sys.executable, "-m", "corsproxy", "serve", "-c", str(tmp_path / "none.yaml"),
+                           "--workers", workers], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "expected a number >= 1 or 'auto'" in done.stderr
