@@ -128,7 +128,7 @@ class BodyTooLarge(Exception):
 async def handle(request: web.Request) -> web.StreamResponse:
     snap = request.app[LIVE_KEY].current
     try:
-        path = decode_path(request.raw_path)
+        path = _rule_path(request.raw_path)
     except BadPath as exc:
         path, bad = resolve_dots(request.raw_path), exc
     else:
@@ -147,6 +147,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await _forward(request, snap, ex)
     finally:
         _notify(request, ex)
+
+
+def _rule_path(raw_path: str) -> str:
+    """The path rules match (paths.decode_path), for an origin-form target only."""
+    # SECURITY: an absolute-form target ("GET http://host/admin", RFC 9112 §3.2.2) matches no rule and
+    # would be forwarded as "/base" + "http://host/admin": only "/path?query" is matched and forwarded.
+    if not raw_path.startswith("/"):
+        raise BadPath(f"request target {raw_path!r} is not a path (only origin-form '/path?query' is served)")
+    return decode_path(raw_path)
 
 
 def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Response:

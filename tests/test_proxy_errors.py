@@ -128,3 +128,15 @@ async def test_dot_segment_path_is_400_and_never_forwarded(make_proxy: MakeProxy
     assert cors_headers(resp.headers) == ERROR_CORS
     assert b"never forwarded" in resp.body
     assert upstream.count() == 0
+
+
+@pytest.mark.parametrize("base", ["/v1", ""], ids=["with-base-path", "without-base-path"])
+async def test_absolute_form_target_is_400_and_never_forwarded(make_proxy: MakeProxy, upstream: Upstream,
+                                                              base: str) -> None:
+    strict = RULES.replace("allow_credentials: true", "allow_credentials: true\n    disallowed_origin: reject")
+    proxy = await make_proxy(strict, upstream_url=upstream.url + base)
+    request = b"GET http://proxy.test/x HTTP/1.1\r\nHost: p\r\nOrigin: https://evil.test\r\nConnection: close\r\n\r\n"
+    resp = await raw_request(proxy.url, request)
+    assert resp.status == 400
+    assert b"origin-form" in resp.body
+    assert upstream.count() == 0
