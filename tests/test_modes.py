@@ -48,6 +48,25 @@ UPSTREAM_CORS_PART = {k.lower(): v for k, v in UPSTREAM_CORS.items()} | {"vary":
 ECHO_PART = {"vary": "Accept-Encoding"}  # what the upstream's echo route sends of the above
 
 
+# ---------------------------------------------------------------------- config errors
+
+
+def test_bad_rollout_fields_are_config_errors_with_file_line_and_fix():
+    text = f"""upstream: {{url: 'http://127.0.0.1:9'}}
+debug:
+  decision_header: maybe
+{rules(mode="report_only", upstream_cors="merge", denied_preflight="allow")}"""
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.parse(text, "c.yaml", env={})
+    assert caught.value.issues == [
+        "c.yaml:3:3: debug.decision_header: expected true or false, got 'maybe'",
+        "c.yaml:13:5: rules[0].mode: expected one of enforce, report-only, got 'report_only' "
+        "(did you mean 'report-only'?)",
+        "c.yaml:14:5: rules[0].upstream_cors: expected one of replace, keep, got 'merge'",
+        "c.yaml:15:5: rules[0].denied_preflight: expected one of reject, forward, got 'allow'",
+    ]
+
+
 # ---------------------------------------------------------------------- report-only
 
 
