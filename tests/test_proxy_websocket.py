@@ -7,6 +7,7 @@ import logging
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.conftest import MakeProxy, Upstream
 
@@ -108,3 +109,17 @@ async def test_websocket_the_upstream_refuses_is_502_with_cors_headers(make_prox
     assert caught.value.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
     assert upstream.count() == 1
     assert proxy.exchanges[-1].upstream_error == "protocol"
+
+
+async def test_client_dropping_the_websocket_closes_the_upstream_with_going_away(make_proxy: MakeProxy,
+                                                                                 upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    target = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    writer.write(b"GET /wsclose HTTP/1.1\r\nHost: p\r\nOrigin: https://app.example.com\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    writer.transport.abort()  # gone without a close frame
+    assert await upstream.wait_event() == f"ws-closed:{aiohttp.WSCloseCode.GOING_AWAY.value}"
