@@ -3,6 +3,7 @@ and the debug.decision_header (``CORS-Decision``) on every verdict and on proxy-
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -340,3 +341,18 @@ async def test_decision_header_on_a_refused_websocket(make_proxy, upstream):
     assert resp.status == 403
     assert resp.headers["CORS-Decision"] == DENIED_EVIL
     assert upstream.count() == 0
+
+
+async def test_decision_header_on_an_accepted_websocket_handshake(make_proxy, upstream):
+    proxy = await make_proxy(rules(), extra=DEBUG_ON)
+    url = proxy.client.make_url("/ws")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(f"GET /ws HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nOrigin: {APP}\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+    finally:
+        writer.close()
+    assert head.startswith("HTTP/1.1 101")
+    assert 'CORS-Decision: rule=app; verdict=allowed; detail="origin allowed"\r\n' in head
