@@ -56,6 +56,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 POLL_INTERVAL = 1.0  # seconds between looks at the config file (and, in a worker, at its parent)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_PAUSE = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
+EXIT_STARTUP = 3  # could not listen (uvicorn's STARTUP_FAILURE); a supervisor does not restart such a worker
 KILL_GRACE = 5.0  # seconds past drain_timeout the supervisor waits before killing a worker
 # Read once at startup: a change needs a restart (logged when a reload changes them).
 RESTART_ONLY = ("listen", "admin", "upstream.max_connections", "upstream.tls_verify", "upstream.ca_file")
@@ -108,7 +109,12 @@ def loop_name() -> str:
 async def serve(config: Config, load: Loader) -> int:
     """One serving process: alone, or a worker of a :class:`Supervisor`."""
     server = Server(config, load, os.environ.get(WORKER_DIR_ENV) or None)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # port taken, address not local, unreadable TLS key...
+        log.error("cannot start: %s", exc)
+        await server.shutdown()
+        return EXIT_STARTUP
     await server.run_until_stopped()
     return 0
 
@@ -314,6 +320,7 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stop = asyncio.Event()
         self.stopping = False
+        self.exit_code = 0
 
     def _apply(self, config: Config) -> None:
         self.current = config
@@ -333,7 +340,12 @@ class Supervisor:
         config = self.current
         log.info("supervisor pid %d: %d workers on %s:%s (SO_REUSEPORT), event loop: %s", os.getpid(),
                  self.workers, config.listen.host, config.listen.port, loop_name())
-        admin = await self._start_admin(config)
+        try:
+            admin = await self._start_admin(config)
+        except OSError as exc:
+            log.error("cannot start the admin listener: %s", exc)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return EXIT_STARTUP
         keepers = [asyncio.ensure_future(self._keep(i)) for i in range(self.workers)]
         poller = asyncio.ensure_future(self._poll())
         await self.stop.wait()
@@ -343,7 +355,7 @@ class Supervisor:
             await admin.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
         log.info("supervisor stopped")
-        return 0
+        return self.exit_code
 
     async def _start_admin(self, config: Config) -> web.AppRunner | None:
         if config.admin is None:
@@ -372,6 +384,11 @@ class Supervisor:
             self._forget(proc.pid)
             if self.stopping:
                 log.info("worker %d (pid %d) exited with code %s", index, proc.pid, code)
+                return
+            if code == EXIT_STARTUP:
+                log.error("worker %d (pid %d) could not start; stopping", index, proc.pid)
+                self.exit_code = EXIT_STARTUP
+                self.stop.set()
                 return
             log.error("worker %d (pid %d) died (exit code %s); restarting it", index, proc.pid, code)
             if loop.time() - started < RESTART_PAUSE:

@@ -165,6 +165,20 @@ def total(samples: dict[tuple[str, frozenset], float], name: str, **labels: str)
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
+async def refused(port: int, timeout: float = 3.0) -> None:
+    """Wait (bounded) until nothing accepts connections on ``port`` any more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"port {port} still accepts connections after {timeout}s")
+
+
 # ---------------------------------------------------------------- reload
 
 
@@ -309,8 +323,7 @@ async def test_sigterm_finishes_the_request_in_flight_refuses_new_connections_an
         async with session.get(setup.admin + "/readyz") as resp:
             assert resp.status == 503
             assert "draining" in await resp.text()
-        with pytest.raises(ConnectionRefusedError):
-            await asyncio.open_connection("127.0.0.1", setup.port)
+        await refused(setup.port)
         resp = await asyncio.wait_for(slow, 10)
         assert resp.status == 200
         assert await resp.text() == "slow"
@@ -405,3 +418,15 @@ def test_workers_must_be_a_positive_number_or_auto(tmp_path, workers):
                            "--workers", workers], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "expected a number >= 1 or 'auto'" in done.stderr
+
+
+async def test_a_port_in_use_stops_the_supervisor_with_exit_3_instead_of_restarting_workers(spawn, tmp_path, upstream):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    with socket.socket() as taken:  # bound without SO_REUSEPORT: the workers cannot share it
+        taken.bind(("127.0.0.1", setup.port))
+        taken.listen()
+        proc = spawn("-c", str(setup.path), "--workers", "2")
+        assert await proc.wait_exit(20) == 3
+    assert any("cannot start" in line and "address already in use" in line.lower() for line in proc.lines)
+    assert not any("restarting" in line for line in proc.lines)
