@@ -247,11 +247,16 @@ def _wait_serving(port: int, path: str) -> int:
             time.sleep(0.2)
 
 
-def _run(podman: Podman, image: str, *args: str) -> Container:
+# As the Kubernetes examples' securityContext: read-only root (podman mounts a tmpfs on /tmp),
+# no capabilities, no privilege escalation.
+HARDENED = ("--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges")
+
+
+def _run(podman: Podman, image: str, *args: str, command: tuple[str, ...] = ()) -> Container:
     name = f"corsproxy-test-{uuid.uuid4().hex[:8]}"
     # --health-interval=disable: no systemd timer here; `podman healthcheck run` still runs the check.
-    podman("run", "-d", "--name", name, "--network", NETWORK, "--health-interval=disable",
-           "-p", "127.0.0.1::8080", "-p", "127.0.0.1::9901", *args, image)
+    podman("run", "-d", "--name", name, "--network", NETWORK, "--health-interval=disable", *HARDENED,
+           "-p", "127.0.0.1::8080", "-p", "127.0.0.1::9901", *args, image, *command)
     return Container(name, _published(podman, name, 8080), _published(podman, name, 9901))
 
 
@@ -273,13 +278,18 @@ rules:
 """
 
 
+def _write_config(directory: Path, upstream: ThreadedUpstream) -> Path:
+    config = directory / "config.yaml"
+    config.write_text(CONTAINER_CONFIG.format(host=HOST_FROM_CONTAINER, port=upstream.port, origin=ORIGIN))
+    config.chmod(0o644)  # the container's user 10001 must read it
+    return config
+
+
 @pytest.fixture(scope="module")
 def container(podman: Podman, image: str, upstream: ThreadedUpstream,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     """The image with a config mounted over the shipped one; no listen/admin host (the image's ENV applies)."""
-    config = tmp_path_factory.mktemp("container") / "config.yaml"
-    config.write_text(CONTAINER_CONFIG.format(host=HOST_FROM_CONTAINER, port=upstream.port, origin=ORIGIN))
-    config.chmod(0o644)  # the container's user 10001 must read it
+    config = _write_config(tmp_path_factory.mktemp("container"), upstream)
     running = _run(podman, image, "-v", f"{config}:{CONFIG_IN_IMAGE}:ro,Z")
     try:
         _wait_serving(running.proxy_port, "/")
@@ -392,4 +402,28 @@ def test_image_runs_the_shipped_config_with_upstream_url_and_stops_on_sigterm(po
         assert exit_code == "0"  # graceful: SIGTERM handled, not SIGKILL (137) after the grace period
         assert elapsed < 8, f"stop took {elapsed:.1f}s of the 10s grace period"
     finally:
+        _remove(podman, running)
+
+
+@pytest.mark.container
+@pytest.mark.timeout(BUILD_TIMEOUT + 60)
+def test_image_runs_two_workers_on_a_read_only_root_and_stops_them_all(podman, image, upstream, tmp_path):
+    config = _write_config(tmp_path, upstream)
+    running = _run(podman, image, "-v", f"{config}:{CONFIG_IN_IMAGE}:ro,Z",
+                   command=("serve", "-c", CONFIG_IN_IMAGE, "--workers", "2"))
+    try:
+        _wait_serving(running.proxy_port, "/")
+        for _ in range(4):
+            status, headers, _ = _request(running.proxy_port, "GET", "/api/w", {"Origin": ORIGIN})
+            assert (status, headers.get("access-control-allow-origin")) == (200, ORIGIN)
+        # The supervisor (PID 1) and two workers, all corsproxy.
+        script = ("import os; print(sum(b'corsproxy' in open(f'/proc/{p}/cmdline', 'rb').read() "
+                  "for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()))")
+        assert podman("exec", running.name, "python", "-c", script).stdout.strip() == "3"
+        status, _, metrics = _request(running.admin_port, "GET", "/metrics", {})
+        assert status == 200 and b"corsproxy_requests_total{" in metrics
+        podman("stop", "-t", "10", running.name, timeout=30)
+        assert podman("inspect", running.name, "--format", "{{.State.ExitCode}}").stdout.strip() == "0"
+    finally:
+        print(podman("logs", running.name, check=False).stderr[-3000:])
         _remove(podman, running)

@@ -83,6 +83,9 @@ def test_kubernetes_corsproxy_probes_admin_and_mounts_the_configmap(manifest):
     assert volumes[mounts[0]["name"]]["configMap"]["name"] == configmap["metadata"]["name"]
     assert "config.yaml" in configmap["data"]
     assert proxy["securityContext"]["runAsNonRoot"] is True
+    if proxy["securityContext"].get("readOnlyRootFilesystem"):  # --workers writes its metrics files to /tmp
+        tmp = next(m for m in proxy["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert "emptyDir" in volumes[tmp["name"]]
     # The pod must outlive corsproxy's drain on SIGTERM.
     drain = yaml.safe_load(configmap["data"]["config.yaml"])["listen"]["drain_timeout"]
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain
