@@ -1,0 +1,403 @@
+"""A lean HTTP/1.1 client for the one upstream: a keep-alive pool of asyncio protocols.
+
+Why not aiohttp's ClientSession: for a small proxied GET its request/response objects
+cost several times the whole of the rest of the proxy (see bench/README.md). This client
+does only what a reverse proxy needs — send a head and a streamed body, hand back the
+status, the raw header list and the body as it arrives — and leaves parsing to
+httptools (llhttp, the parser Node.js uses). It never follows redirects, never decodes
+bodies and keeps no cookies.
+
+Errors: everything that goes wrong is one :class:`UpstreamError` whose ``kind`` is
+``refused``, ``dns``, ``tls``, ``timeout``, ``reset`` or ``protocol``; :attr:`status` maps it
+to 502 or 504. A request body iterator that raises passes its exception through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import ssl
+from collections.abc import AsyncIterable
+
+import httptools
+
+READ_HIGH_WATER = 2**18  # buffered body bytes before we stop reading from the upstream
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer properly."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def status(self) -> int:
+        return 504 if self.kind == "timeout" else 502
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; carries one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+        self.loop = loop
+        self.read_timeout = read_timeout
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._head: asyncio.Future[None] | None = None
+        self._status = 0
+        self._reason = ""
+        self._headers: list[tuple[str, str]] = []
+        self._body: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._complete = False
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_data = 0.0
+        self._head_only = False
+        self.keep_alive = True
+        self._parser: httptools.HttpResponseParser | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._last_data = self.loop.time()
+        if self._parser is None:  # bytes nobody asked for: the connection cannot be trusted
+            self.keep_alive = False
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("protocol", f"malformed HTTP from the upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if not self._complete and (self._head is not None):
+            self._fail(UpstreamError("reset", "the upstream closed the connection" + (f": {exc}" if exc else "")))
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_drain()
+
+    # -- httptools callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # an interim response (100 Continue): the real one follows
+            return
+        self._status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        if self._head_only or status in NO_BODY_STATUSES:
+            self.on_message_complete()
+
+    def on_body(self, chunk: bytes) -> None:
+        self._body.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > READ_HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._complete:
+            return
+        self._complete = True
+        self._parser = None  # anything after this message is unexpected
+        self._cancel_timer()
+        self._wake()
+
+    # -- one exchange
+
+    def start(self, head_only: bool) -> None:
+        self._status, self._reason, self._headers = 0, "", []
+        self._body.clear()
+        self._buffered = 0
+        self._complete = False
+        self._exc = None
+        self._head_only = head_only
+        self._head = self.loop.create_future()
+        self._parser = httptools.HttpResponseParser(self)
+        self._last_data = self.loop.time()
+        self._timer = self.loop.call_at(self._last_data + self.read_timeout, self._check_timeout)
+
+    async def head(self) -> tuple[int, str, list[tuple[str, str]]]:
+        assert self._head is not None
+        await self._head
+        return self._status, self._reason, self._headers
+
+    async def read(self) -> bytes:
+        """The next body chunk; ``b""`` once the body is complete."""
+        while not self._body:
+            if self._exc is not None:
+                raise self._exc
+            if self._complete:
+                return b""
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._body.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= READ_HIGH_WATER // 4 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    @property
+    def reusable(self) -> bool:
+        return self._complete and self.keep_alive and not self.closed and self._exc is None
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise UpstreamError("reset", "the upstream connection is closed")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise UpstreamError("reset", "the upstream connection is closed")
+        if self._drain is not None:
+            await self._drain
+
+    def close(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def fail(self, exc: BaseException) -> None:
+        """Abandon the exchange (body iterator failed, client went away): never reused."""
+        self._fail(exc)
+        self.close()
+
+    # -- internals
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._exc is None and not self._complete:
+            self._exc = exc
+        self.keep_alive = False
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+            self._head.exception()  # retrieved: a failure nobody awaits is not an error to log
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        if self._drain is not None:
+            if not self._drain.done():
+                self._drain.set_result(None)
+            self._drain = None
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_timeout(self) -> None:
+        # One timer per exchange, re-armed lazily: "read_timeout seconds without a byte".
+        deadline = self._last_data + self.read_timeout
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._check_timeout)
+            return
+        self._timer = None
+        self._fail(UpstreamError("timeout", f"no byte from the upstream for {self.read_timeout:g}s"))
+        self.close()
+
+
+class Pool:
+    """Keep-alive connections to one upstream, at most ``limit`` at a time."""
+
+    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None, server_hostname: str | None,
+                 limit: int, connect_timeout: float, read_timeout: float) -> None:
+        self.host, self.port = host, port
+        self.ssl_context, self.server_hostname = ssl_context, server_hostname
+        self.limit = limit
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self._idle: list[Connection] = []
+        self._count = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]],
+                      body: AsyncIterable[bytes] | None, chunked: bool) -> Response:
+        """Send a request; returns once the response head is in. The caller must ``release``."""
+        head = _encode_head(method, target, headers, chunked)
+        for attempt in (0, 1):
+            conn, reused = await self._acquire()
+            conn.start(head_only=method == "HEAD")
+            try:
+                conn.write(head)
+            except UpstreamError:
+                self._discard(conn)
+                continue
+            exchange = Response(self, conn, body, chunked)
+            try:
+                await exchange.wait_head()
+            except UpstreamError as exc:
+                exchange.release()
+                # A pooled connection the upstream had already closed: safe to retry only
+                # when nothing of a body was sent and the answer never started.
+                if attempt == 0 and reused and body is None and exc.kind == "reset":
+                    continue
+                raise
+            except BaseException:
+                exchange.release()
+                raise
+            return exchange
+        raise UpstreamError("reset", "the upstream closed the connection twice")
+
+    async def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+    async def _acquire(self) -> tuple[Connection, bool]:
+        while True:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn, True
+                self._count -= 1
+            if self._count < self.limit:
+                self._count += 1
+                try:
+                    return await self._connect(), False
+                except BaseException:
+                    self._count -= 1
+                    self._wake_one()
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(loop, self.read_timeout), self.host, self.port,
+                    ssl=self.ssl_context, server_hostname=self.server_hostname if self.ssl_context else None,
+                )
+        except TimeoutError:
+            raise UpstreamError("timeout", f"connecting to {self.host}:{self.port} took over "
+                                           f"{self.connect_timeout:g}s") from None
+        except socket.gaierror as exc:
+            raise UpstreamError("dns", f"cannot resolve {self.host}: {exc.strerror}") from None
+        except ssl.SSLError as exc:
+            raise UpstreamError("tls", f"TLS with {self.host}:{self.port} failed: {exc}") from None
+        except OSError as exc:
+            raise UpstreamError("refused", f"cannot connect to {self.host}:{self.port}: "
+                                           f"{exc.strerror or exc}") from None
+        sock = conn.transport.get_extra_info("socket") if conn.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def _put_back(self, conn: Connection) -> None:
+        if conn.reusable:
+            self._idle.append(conn)
+        else:
+            self._discard(conn, close=True)
+            return
+        self._wake_one()
+
+    def _discard(self, conn: Connection, close: bool = True) -> None:
+        if close:
+            conn.close()
+        self._count -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class Response:
+    """One request/response on a pooled connection: the head, then the body as it arrives."""
+
+    def __init__(self, pool: Pool, conn: Connection, body: AsyncIterable[bytes] | None, chunked: bool) -> None:
+        self.pool, self.conn = pool, conn
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self._released = False
+        self._writer: asyncio.Task[None] | None = None
+        if body is not None:
+            # Sent alongside reading the answer: an upstream that streams its reply while it
+            # reads (an echo) would otherwise deadlock once the socket buffers fill.
+            self._writer = asyncio.ensure_future(self._send(body, chunked))
+
+    async def wait_head(self) -> None:
+        self.status, self.reason, self.headers = await self.conn.head()
+
+    async def read(self) -> bytes:
+        return await self.conn.read()
+
+    async def _send(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+        conn = self.conn
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        except asyncio.CancelledError:
+            conn.fail(UpstreamError("reset", "request body abandoned"))
+            raise
+        except BaseException as exc:  # the body iterator's own error (e.g. too large) wins
+            conn.fail(exc)
+
+    def release(self) -> None:
+        """Give the connection back (reused only when the whole exchange completed cleanly)."""
+        if self._released:
+            return
+        self._released = True
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            self.conn.fail(UpstreamError("reset", "request body abandoned"))
+        self.pool._put_back(self.conn)
+
+
+def _encode_head(method: str, target: str, headers: list[tuple[str, str]], chunked: bool) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")

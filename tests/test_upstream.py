@@ -1,0 +1,130 @@
+"""The lean upstream client against real aiohttp servers and raw sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+from aiohttp import web
+
+from corsproxy.upstream import Pool, UpstreamError
+
+
+async def _app_server(aiohttp_server):
+    async def echo(request: web.Request) -> web.StreamResponse:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        return web.json_response({"method": request.method, "path": request.raw_path, "size": size,
+                                  "sha": digest.hexdigest(), "te": request.headers.get("Transfer-Encoding", ""),
+                                  "host": request.headers.get("Host")})
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.Response(text="late")
+
+    async def nothing(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_route("*", "/slow", slow)
+    app.router.add_route("*", "/204", nothing)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return await aiohttp_server(app, host="127.0.0.1")
+
+
+def _pool(server, **kw) -> Pool:
+    opts = {"ssl_context": None, "server_hostname": None, "limit": 4, "connect_timeout": 2.0, "read_timeout": 5.0}
+    opts.update(kw)
+    return Pool("127.0.0.1", server.port, **opts)
+
+
+async def _body(resp) -> bytes:
+    out = b""
+    while chunk := await resp.read():
+        out += chunk
+    resp.release()
+    return out
+
+
+async def test_get_then_keep_alive_reuses_one_connection(aiohttp_server):
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server)
+    for _ in range(3):
+        resp = await pool.request("GET", "/a%2Fb?x=1", [("Host", "up")], None, False)
+        assert resp.status == 200
+        assert b'"path": "/a%2Fb?x=1"' in await _body(resp)
+    assert pool._count == 1 and len(pool._idle) == 1
+    await pool.close()
+
+
+async def test_chunked_and_sized_bodies_arrive_intact(aiohttp_server):
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server)
+    payload = bytes(range(256)) * 4096 * 3  # 3 MiB
+
+    async def chunks():
+        for i in range(0, len(payload), 65536):
+            yield payload[i:i + 65536]
+
+    for chunked, extra in ((True, []), (False, [("Content-Length", str(len(payload)))])):
+        resp = await pool.request("POST", "/up", [("Host", "up"), *extra], chunks(), chunked)
+        body = await _body(resp)
+        assert hashlib.sha256(payload).hexdigest().encode() in body
+        assert (b'"te": "chunked"' in body) is chunked
+    await pool.close()
+
+
+async def test_head_and_204_have_no_body_and_connection_is_reused(aiohttp_server):
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server)
+    resp = await pool.request("HEAD", "/x", [("Host", "up")], None, False)
+    assert resp.status == 200 and await _body(resp) == b""
+    resp = await pool.request("GET", "/204", [("Host", "up")], None, False)
+    assert resp.status == 204 and await _body(resp) == b""
+    resp = await pool.request("GET", "/x", [("Host", "up")], None, False)
+    assert resp.status == 200 and b"GET" in await _body(resp)
+    assert pool._count == 1
+    await pool.close()
+
+
+async def test_refused_and_read_timeout_map_to_502_and_504(aiohttp_server, unused_tcp_port):
+    server = await _app_server(aiohttp_server)
+    with pytest.raises(UpstreamError) as refused:
+        await Pool("127.0.0.1", unused_tcp_port, ssl_context=None, server_hostname=None, limit=1,
+                   connect_timeout=1, read_timeout=1).request("GET", "/", [("Host", "x")], None, False)
+    assert (refused.value.kind, refused.value.status) == ("refused", 502)
+    pool = _pool(server, read_timeout=0.3)
+    with pytest.raises(UpstreamError) as late:
+        await pool.request("GET", "/slow", [("Host", "up")], None, False)
+    assert (late.value.kind, late.value.status) == ("timeout", 504)
+    assert pool._count == 0
+    await pool.close()
+
+
+async def test_malformed_response_and_stale_keep_alive():
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"NOT HTTP AT ALL\r\n\r\n"]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answers.pop(0) if answers else b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()  # closes every keep-alive connection after one answer
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None, limit=2, connect_timeout=1,
+                read_timeout=2)
+    resp = await pool.request("GET", "/", [("Host", "x")], None, False)
+    assert await _body(resp) == b"ok"
+    await asyncio.sleep(0.05)
+    with pytest.raises(UpstreamError) as bad:
+        await pool.request("GET", "/", [("Host", "x")], None, False)
+    assert bad.value.kind == "protocol"
+    resp = await pool.request("GET", "/", [("Host", "x")], None, False)  # a fresh connection works
+    assert resp.status == 200 and await _body(resp) == b""
+    await pool.close()
+    server.close()
+    await server.wait_closed()
