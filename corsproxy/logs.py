@@ -2,7 +2,8 @@
 
 The access log is its own logger, ``corsproxy.access``, always at ``info`` (denials too, with
 their reason) and switched by ``logging.access_log`` rather than by ``logging.level``, as nginx's
-``access_log`` is independent of its ``error_log`` level.
+``access_log`` is independent of its ``error_log`` level. With the access log off, denials are
+still logged (one ``corsproxy`` line at ``info`` with the reason).
 
 With ``logging.format: json`` every line, the access log's and everyone else's (aiohttp's
 included), is one JSON object: ``time``, ``level``, ``logger``, ``pid`` and either ``message``
@@ -23,6 +24,7 @@ ACCESS_FIELDS = ("time", "client", "method", "path", "status", "bytes", "bytes_i
 _TEXT = '%s "%s %s" %d %dB %.1fms rule=%s verdict=%s origin=%s%s'
 
 log = logging.getLogger(ACCESS_LOGGER)
+_app_log = logging.getLogger("corsproxy")
 
 
 def _iso(created: float) -> str:
@@ -80,11 +82,14 @@ class AccessLog:
 
     def observe(self, ex: Any) -> None:
         """Log one finished request (an ``Exchange``)."""
-        if not self.enabled:
-            return
         d = ex.decision
-        verdict = d.verdict if d.enforce else f"{d.verdict} (report-only)"
         denied = d.verdict.startswith("denied")
+        if not self.enabled:
+            if denied:  # design §4: a denial's reason is always logged, access log or not
+                _app_log.info("CORS %s%s: %s %s: %s", d.verdict, "" if d.enforce else " (report-only)", ex.method,
+                              ex.path, d.reason)
+            return
+        verdict = d.verdict if d.enforce else f"{d.verdict} (report-only)"
         fields = {
             "client": ex.client, "method": ex.method, "path": ex.path, "status": ex.status,
             "bytes": ex.bytes_out, "bytes_in": ex.bytes_in, "duration": round(ex.duration, 6),

@@ -106,14 +106,18 @@ async def test_text_access_line_reads_as_one_line_with_reason_for_a_denial(aioht
                         r'reason="origin https://evil\.example not in allow_origins \(rule \'app\'\)"', line), line
 
 
-async def test_access_log_false_logs_no_request_but_app_lines_still_come_as_json(aiohttp_server, aiohttp_client,
-                                                                                captured):
+async def test_access_log_false_logs_no_request_but_denials_and_app_lines_still_come_as_json(
+        aiohttp_server, aiohttp_client, captured):
     captured.setup("info", "json")
     client = await proxy(aiohttp_server, aiohttp_client, "http://127.0.0.1:1", access_log=False)
     assert (await client.get("/api/x", headers={"Origin": APP})).status == 502
-    [line] = [json.loads(text) for text in captured.lines()]
-    assert line["logger"] == "corsproxy" and line["level"] == "warning"
-    assert line["message"].startswith("upstream refused for GET /api/x")
+    resp = await client.options("/api/x", headers={"Origin": APP, "Access-Control-Request-Method": "PUT"})
+    assert resp.status == 403
+    refused, denial = [json.loads(text) for text in captured.lines()]
+    assert refused["logger"] == "corsproxy" and refused["level"] == "warning"
+    assert refused["message"].startswith("upstream refused for GET /api/x")
+    assert (denial["logger"], denial["level"]) == ("corsproxy", "info")
+    assert denial["message"] == "CORS denied:method: OPTIONS /api/x: method PUT not in allow_methods (rule 'app')"
 
 
 async def test_access_log_is_kept_when_level_is_warning(aiohttp_server, aiohttp_client, upstream, captured):
