@@ -33,7 +33,7 @@ def _iso(created: float) -> str:
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        line = f"{_iso(record.created)} {record.levelname} {record.name}[{record.process}]: {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

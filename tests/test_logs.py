@@ -101,7 +101,8 @@ async def test_text_access_line_reads_as_one_line_with_reason_for_a_denial(aioht
                                                    "Access-Control-Request-Method": "GET"})
     assert resp.status == 403
     [line] = captured.lines()
-    assert re.fullmatch(r'\S+Z INFO corsproxy\.access: 127\.0\.0\.1 "OPTIONS /api/x" 403 \d+B [0-9.]+ms rule=app '
+    assert re.fullmatch(r'\S+Z INFO corsproxy\.access\[\d+\]: 127\.0\.0\.1 "OPTIONS /api/x" 403 \d+B [0-9.]+ms '
+                        r'rule=app '
                         r'verdict=denied:origin origin=https://evil\.example '
                         r'reason="origin https://evil\.example not in allow_origins \(rule \'app\'\)"', line), line
 

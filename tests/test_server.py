@@ -430,3 +430,17 @@ async def test_a_port_in_use_stops_the_supervisor_with_exit_3_instead_of_restart
         assert await proc.wait_exit(20) == 3
     assert any("cannot start" in line and "address already in use" in line.lower() for line in proc.lines)
     assert not any("restarting" in line for line in proc.lines)
+
+
+async def test_admin_null_runs_the_proxy_without_an_admin_listener(spawn, tmp_path, upstream):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.path.write_text(setup.text(rule("app")).replace(f"admin: {{host: 127.0.0.1, port: {setup.admin_port}}}",
+                                                          "admin: null"))
+    proc = spawn("-c", str(setup.path))
+    await proc.wait_line(lambda line: "listening on" in line)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(setup.url + "/x", headers={"Origin": ORIGIN}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    await refused(setup.admin_port, timeout=0.5)
+    assert not any("admin on" in line for line in proc.lines)
