@@ -38,6 +38,8 @@ DeniedPreflight = Literal["reject", "forward"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG_PATH = "config.yaml"
+# Methods a browser uppercases whatever the page wrote (Fetch "normalize a method").
+NORMALIZED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 ANY = ("*",)
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
@@ -169,14 +171,9 @@ def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
     data = reader.value(node, "") if node is not None else {}
     config = reader.build(data)
     if reader.issues:
-        raise ConfigError(sorted(reader.issues, key=_line_of))
+        raise ConfigError([text for _, text in sorted(reader.issues, key=lambda issue: issue[0])])
     assert config is not None
     return dataclasses.replace(config, sha256=hashlib.sha256(text.encode()).hexdigest())
-
-
-def _line_of(issue: str) -> tuple[int, int]:
-    m = re.search(r":(\d+):(\d+): ", issue)
-    return (int(m[1]), int(m[2])) if m else (0, 0)
 
 
 def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
@@ -309,6 +306,17 @@ def _tokens(kind: str, example: str) -> Parser:
     return parse
 
 
+def _methods(v: Any) -> tuple[str, ...]:
+    """``allow_methods``: tokens, compared exactly; the six methods browsers uppercase must be uppercase."""
+    methods = _tokens("method", "GET, POST")(v)
+    for i, method in enumerate(methods):
+        # fetch() sends "delete" as "DELETE" (Fetch "normalize a method"), so a
+        # lowercase entry would never match and silently deny; "patch" is sent as written.
+        if method != method.upper() and method.upper() in NORMALIZED_METHODS:
+            raise IndexedError(i, f"browsers always send {method.upper()} in uppercase; write {method.upper()!r}")
+    return methods
+
+
 def _did_you_mean(word: Any, choices: Any) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -319,6 +327,7 @@ class _Field:
     parse: Parser
     default: Any = None
     required: bool = False
+    example: str = ""  # for a required field's message
 
 
 def _env_default(env: Mapping[str, str], name: str) -> str:
@@ -332,9 +341,10 @@ _LISTEN = {
     "trusted_proxies": _Field(_networks, ()),
     "drain_timeout": _Field(_number(), 10.0),
 }
-_TLS = {"cert": _Field(_file, required=True), "key": _Field(_file, required=True)}
+_TLS = {"cert": _Field(_file, required=True, example="cert.pem (the PEM certificate chain)"),
+        "key": _Field(_file, required=True, example="key.pem (the PEM private key)")}
 _UPSTREAM = {
-    "url": _Field(_upstream_url, required=True),
+    "url": _Field(_upstream_url, required=True, example="http://127.0.0.1:9000 (the API behind the proxy)"),
     "host_header": _Field(_choice("upstream", "preserve"), "upstream"),
     "connect_timeout": _Field(_number(0.001), 5.0),
     "read_timeout": _Field(_number(0.001), 60.0),
@@ -354,7 +364,7 @@ _LOGGING = {
 _DEBUG = {"decision_header": _Field(_bool, False)}
 _RULE_FIELDS = {
     "allow_origins": _Field(lambda v: v),  # checked in _Reader.rule
-    "allow_methods": _Field(_tokens("method", "GET, POST"), ("GET", "HEAD", "POST")),
+    "allow_methods": _Field(_methods, ("GET", "HEAD", "POST")),
     "allow_headers": _Field(_tokens("header", "Content-Type, Authorization"), ()),
     "expose_headers": _Field(_tokens("header", "X-Request-Id"), ()),
     "allow_credentials": _Field(_bool, False),
@@ -392,7 +402,7 @@ class _Reader:
     def __init__(self, source: str, env: Mapping[str, str]) -> None:
         self.source = source
         self.env = env
-        self.issues: list[str] = []
+        self.issues: list[tuple[tuple[int, int], str]] = []  # (line, column), text: sorted when raised
         self.marks: dict[str, tuple[int, int]] = {}
         self._failed: set[str] = set()
         self._constructor = yaml.constructor.SafeConstructor()
@@ -404,12 +414,15 @@ class _Reader:
         if path in self._failed:  # one message a field: the first names the real cause
             return
         self._failed.add(path)
-        line, col = self.mark(path)
-        self.issues.append(f"{self.source}:{line}:{col}: {path or '(top level)'}: {message}")
+        self.add(self.mark(path), path, message)
+
+    def add(self, where: tuple[int, int], path: str, message: str) -> None:
+        self.issues.append((where, f"{self.source}:{where[0]}:{where[1]}: {path or '(top level)'}: {message}"))
 
     def mark(self, path: str) -> tuple[int, int]:
         while path not in self.marks and path:
-            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+            # drop the last step; a top-level key that is absent from the file falls back to 1:1
+            path = re.sub(r"(\.[^.\[]+|\[\d+\]|^[^.\[]+)$", "", path)
         return self.marks.get(path, (1, 1))
 
     # -- YAML nodes to plain values
@@ -419,11 +432,13 @@ class _Reader:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    self.add(_position(key_node), path, "a key must be a plain name such as 'allow_origins'")
+                    continue
                 key = str(key_node.value)
                 sub = f"{path}.{key}" if path else key
                 if key in out:
-                    self.issues.append(f"{self.source}:{':'.join(map(str, _position(key_node)))}: {sub}: "
-                                       f"'{key}' is given twice; keep one")
+                    self.add(_position(key_node), sub, f"'{key}' is given twice; keep one")
                 self.marks[sub] = _position(key_node)  # point at the key, not its value
                 out[key] = self.value(value_node, sub)
             return out
@@ -434,19 +449,28 @@ class _Reader:
             # a plain scalar is typed after expansion (port: ${PORT:-8080} is an int); a quoted one stays str
             tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
             node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
-        return self._constructor.construct_object(node)
+        try:
+            return self._constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError):  # "!!python/name:x", "!!int abc": never run, never crash
+            self.error(path, f"cannot read {node.value!r} as {node.tag}; drop the '!!' tag or fix the value")
+            return _BAD
 
     def expand(self, text: str, path: str) -> str:
+        missing: list[str] = []
+
         def sub(m: re.Match[str]) -> str:
             name, default = m[1], m[2]
             if name in self.env:
                 return self.env[name]
-            if default is not None:
-                return default
-            self.error(path, f"environment variable ${{{name}}} is not set; export it or write ${{{name}:-default}}")
-            return ""
+            if default is None:
+                missing.append(name)
+            return default or ""
 
-        return _ENV_RE.sub(sub, text)
+        text = _ENV_RE.sub(sub, text)
+        if missing:  # all of them in one message, so one run of check names every variable to export
+            names = ", ".join(f"${{{name}}}" for name in dict.fromkeys(missing))
+            self.error(path, f"environment variable {names} is not set; export it or write ${{{missing[0]}:-default}}")
+        return text
 
     # -- sections
 
@@ -469,7 +493,7 @@ class _Reader:
             elif defaults is not None and key in defaults:
                 out[key] = defaults[key]
             elif spec.required:
-                self.error(path, f"'{key}' is required")
+                self.error(sub, f"'{key}' is required; add {key}: {spec.example}")
                 out[key] = _BAD
             else:
                 out[key] = spec.default
@@ -494,10 +518,10 @@ class _Reader:
             if key not in _TOP:
                 self.error(key, f"unknown key '{key}'{_did_you_mean(key, _TOP)}; allowed: {', '.join(_TOP)}")
         if "upstream" not in data:
-            self.error("", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000}")
+            self.error("upstream", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000}")
         parts = {
             "listen": self.listen(data.get("listen")),
-            "upstream": self.section(data.get("upstream"), "upstream", _UPSTREAM),
+            "upstream": self.section(data.get("upstream"), "upstream", _UPSTREAM) if "upstream" in data else None,
             "limits": self.section(data.get("limits"), "limits", _LIMITS),
             "admin": self.admin(data),
             "logging": self.section(data.get("logging"), "logging", _LOGGING),
@@ -572,7 +596,8 @@ class _Reader:
         paths = self.paths(out["paths"], f"{path}.paths")
         origins_raw, origin_set = out["allow_origins"] if out["allow_origins"] is not _BAD else (None, None)
         if origin_set is not None and origin_set.allow_all and out["allow_credentials"] is True:
-            where = f"{path}.allow_credentials" if "allow_credentials" in (data or {}) else f"{path}.allow_origins"
+            where = next((f"{path}.{k}" for k in ("allow_credentials", "allow_origins") if k in (data or {})),
+                         "defaults.allow_credentials")  # both inherited: one message, at the defaults
             self.error(where, 'allow_credentials: true with allow_origins "*" would let every site read its users\' '
                               "authenticated responses; list the allowed origins instead of \"*\"")
         if _BAD in out.values() or paths is None or origin_set is None:

@@ -13,6 +13,7 @@ Pure module: stdlib only, raises ``ValueError`` with a message that names the fi
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -20,13 +21,15 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 WILDCARD_SCHEMES = frozenset({"http", "https"})
 ANY_PORT = -1
 
-# Host: a DNS name (ASCII; browsers send IDNs as punycode), an IPv4 address or a
-# bracketed IPv6 address. Anything else (spaces, CR/LF, userinfo, paths) is not an
-# origin a browser would send.
+# Host: a DNS name (ASCII; browsers send IDNs as punycode; a trailing dot is kept, as
+# browsers keep it: "https://a.com." is another origin than "https://a.com"), an IPv4
+# address or a bracketed IPv6 address. Anything else (spaces, CR/LF, userinfo, paths)
+# is not an origin a browser would send. A serialized port has no leading zero and is
+# never 0 (WHATWG URL serializer; port 0 is a "bad port" browsers refuse to fetch).
 _ORIGIN_RE = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.\-]*)://"
-    r"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*)"
-    r"(?::(?P<port>[0-9]{1,5}))?",
+    r"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9_\-]+(?:\.[a-z0-9_\-]+)*\.?)"
+    r"(?::(?P<port>[1-9][0-9]{0,4}))?",
     re.IGNORECASE | re.ASCII,
 )
 _LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]*[a-z0-9_])?", re.ASCII)
@@ -59,7 +62,13 @@ def parse_origin(value: str) -> Origin | None:
         return None
     if port == DEFAULT_PORTS.get(scheme):
         port = None
-    return Origin(scheme, m["host"].lower(), port)
+    host = m["host"].lower()
+    if host.startswith("["):
+        try:  # one spelling per address, as browsers serialize it: [0:0::1] -> [::1]
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            return None
+    return Origin(scheme, host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +167,8 @@ def _origin_hint(entry: str) -> str:
         return f"{entry!r} has a path, query or trailing '/'; an origin is scheme://host[:port]: write {m[1]!r}"
     if "://" not in entry:
         return f"{entry!r} has no scheme; write e.g. 'https://{entry}'"
+    if re.fullmatch(r"[^:/]+://[^/?#]*:[0-9]*", entry):
+        return f"{entry!r}: the port must be a number from 1 to 65535 without leading zeros, or left out"
     return f"{entry!r} is not an origin; write scheme://host[:port], e.g. 'https://app.example.com'"
 
 
@@ -195,4 +206,6 @@ def compile_regex_entry(entry: dict[str, str]) -> re.Pattern[str]:
     try:
         return re.compile(entry["regex"])
     except re.error as exc:
-        raise ValueError(f"regex {entry['regex']!r} does not compile: {exc}; fix the pattern (Python re syntax)") from None
+        raise ValueError(
+            f"regex {entry['regex']!r} does not compile: {exc}; fix the pattern (Python re syntax)"
+        ) from None
