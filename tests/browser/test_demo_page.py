@@ -71,3 +71,18 @@ def test_demo_page_shows_each_call_blocked_or_allowed_and_why(browser, running: 
         assert shot.stat().st_size > 10_000
     finally:
         context.close()
+
+
+def test_demo_page_fits_a_phone_screen(browser, running: demo.Demo, tmp_path: Path):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True)
+    try:
+        page = click_through(context, running)
+        results = {card: page.get_attribute(f"#{card} .outcome", "data-result") for card in EXPECTED}
+        assert results == EXPECTED
+        # Nothing wider than the screen: no sideways scrolling to read a header line.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        assert page.evaluate("getComputedStyle(document.body).fontSize") == "16px"
+        page.screenshot(path=str(tmp_path / "demo-phone.png"))
+    finally:
+        context.close()
