@@ -66,12 +66,24 @@ class Recorder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         entry = Seen(request.method, request.raw_path, dict(request.headers), None)
         self.seen.append(entry)
+        if request.path.startswith("/ws"):
+            return await self.websocket(request)
         entry.body = await request.read()
+        if request.path.startswith("/slow"):
+            await asyncio.sleep(float(request.query.get("s", "2")))
         return web.json_response({"path": request.raw_path, "sha256": hashlib.sha256(entry.body).hexdigest(),
                                   "size": len(entry.body)},
                                  # Reflects the Origin (short ones: the proxy's client takes 8 KiB a header).
                                  headers={"Access-Control-Allow-Origin": request.headers.get("Origin", "*")[:4096],
                                           "Access-Control-Allow-Credentials": "true"})
+
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            await sock.send_str("echo:" + msg.data)
+        return sock
 
 
 @pytest.fixture

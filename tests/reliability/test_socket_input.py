@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 
+import aiohttp
 import pytest
 
 from .conftest import (
@@ -188,6 +189,24 @@ async def test_slow_but_steady_body_is_not_cut_by_the_body_timeout(served: Serve
     writer.close()
     assert status_of(response) == 200
     assert [s.body for s in recorder.seen] == [b"abcdef"]
+
+
+async def test_body_timeout_does_not_cut_a_slow_upstream_after_the_body_was_sent(served: Served,
+                                                                                 recorder: Recorder) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{served.url}/slow?s={BODY_TIMEOUT * 2.5}", data=b"x" * 100_000,
+                                timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["size"] == 100_000
+
+
+async def test_header_and_body_timeouts_do_not_cut_an_idle_websocket(served: Served) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{served.url}/ws", headers={"Origin": ALLOWED}) as ws:
+            for i in range(2):
+                await asyncio.sleep(max(HEADER_TIMEOUT, BODY_TIMEOUT) * 1.5)
+                await ws.send_str(f"m{i}")
+                assert (await ws.receive_str(timeout=5)) == f"echo:m{i}"
 
 
 async def test_chunked_body_that_stalls_gets_408_and_the_upstream_never_gets_it_whole(
