@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -25,6 +26,7 @@ from .conftest import (
     header_names,
     open_fds,
     raw_exchange,
+    serve_subprocess,
     settle_fds,
     status_of,
 )
@@ -240,3 +242,26 @@ async def test_200_slowloris_connections_do_not_stop_a_normal_client_and_all_get
         writer.close()
     assert await settle_fds("self", before) <= before
     await assert_still_serving(served.url)
+
+
+async def test_corsproxy_serve_process_is_guarded_too(tmp_path: Path, recorder: Recorder) -> None:
+    # The real CLI path (server.py's make_runner): HTTP/0.9 refused; 200 slowloris connections
+    # neither block a normal client nor leave a descriptor behind once they go.
+    with serve_subprocess(tmp_path, recorder.url) as (port, process):
+        url = f"http://127.0.0.1:{port}"
+        response = await raw_exchange(port, b"GET /api/x\r\n\r\n")
+        assert status_of(response) == 400 and response.closed
+        await assert_still_serving(url)
+        before = open_fds(process.pid)
+        conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(200)))
+        for _, writer in conns:
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: proxy\r\nX-Slow: ")
+        await asyncio.sleep(0.2)
+        assert open_fds(process.pid) >= before + 200  # they are all held open by the proxy
+        started = time.monotonic()
+        await assert_still_serving(url)
+        assert time.monotonic() - started < 1.0
+        for _, writer in conns:
+            writer.close()
+        assert await settle_fds(process.pid, before) == before
+    assert [s.path for s in recorder.seen] == ["/api/ok", "/api/ok"]
