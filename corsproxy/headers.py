@@ -55,6 +55,8 @@ def rewrite_location(value: str, upstream: URL, proxy_origin: str) -> str | None
 
     ``http://up/v1/x`` with upstream ``http://up/v1`` and proxy ``http://proxy`` -> ``http://proxy/x``.
     """
+    if value.startswith("//"):  # scheme-relative: the scheme of the request the upstream answered
+        value = f"{upstream.scheme}:{value}"
     try:
         url = URL(value, encoded=True)
     except ValueError:
@@ -63,6 +65,8 @@ def rewrite_location(value: str, upstream: URL, proxy_origin: str) -> str | None
         return None
     base = upstream.raw_path.rstrip("/")
     path = url.raw_path
+    if any(seg in (".", "..") for seg in path.split("/")):
+        return None  # '/v1/../x' is outside the base path once resolved; leave it alone
     if base and not (path == base or path.startswith(base + "/")):
         return None
     rest = path[len(base) :] or "/"

@@ -31,8 +31,9 @@ def decode_path(raw_path: str) -> str:
     segments = []
     for raw in path.split("/"):
         seg = unquote(raw) if "%" in raw else raw
-        # SECURITY: '..%2F', '%2e%2e' and '..\' would become a parent step in some upstreams.
-        if any(piece in DOT_SEGMENTS for piece in _SEGMENT_SPLIT_RE.split(seg)):
+        # SECURITY: '..%2F', '%2e%2e' and '..\' would become a parent step in some upstreams,
+        # and so would '..;x' in servlet containers, which drop ';' path parameters first.
+        if any(piece.split(";", 1)[0] in DOT_SEGMENTS for piece in _SEGMENT_SPLIT_RE.split(seg)):
             raise BadPath(f"path {raw_path!r} has a '.' or '..' segment")
         segments.append(seg.replace("/", "%2F"))
     return "/".join(segments)
