@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -41,6 +42,7 @@ WS_HANDSHAKE_HEADERS = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
 NO_BODY_STATUSES = frozenset({204, 304})
+CLIENT_FAULTS = frozenset({400, 413})  # statuses upstream_error() gives a request body the client got wrong
 READ_CHUNK = 2**16
 
 
@@ -118,8 +120,16 @@ OBSERVERS_KEY = web.AppKey("observers", list[Observer])
 STARTED_KEY = web.AppKey("started", list[Observer])
 
 
-class BodyTooLarge(Exception):
+class RequestBodyError(Exception):
+    """The client's request body failed on its way upstream (malformed framing); the client gets ``status``."""
+
+    status, kind = 400, "bad-body"
+
+
+class BodyTooLarge(RequestBodyError):
     """A streamed request body passed ``limits.max_body_size``."""
+
+    status, kind = 413, "too-large"
 
 
 # ---------------------------------------------------------------------- handler
@@ -230,12 +240,42 @@ def proxy_origin(snap: Snapshot, request: web.Request) -> str:
     return f"{scheme}://{request.host}"
 
 
-async def _body(request: web.Request, limit: int | None, ex: Exchange) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
-        ex.bytes_in += len(chunk)
-        if limit is not None and ex.bytes_in > limit:
-            raise BodyTooLarge
-        yield chunk
+@dataclass(slots=True)
+class _Upload:
+    """The client's request body on its way upstream, counted against ``limits.max_body_size``."""
+
+    request: web.Request
+    limit: int | None
+    ex: Exchange
+    response: aiohttp.ClientResponse | None = None  # set once the upstream has answered
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.request.content.iter_any():
+                self.ex.bytes_in += len(chunk)
+                if self.limit is not None and self.ex.bytes_in > self.limit:
+                    raise BodyTooLarge(_over_limit(self.limit))
+                yield chunk
+        except BodyTooLarge as exc:
+            self._fail_response(exc)
+            raise
+        except HttpProcessingError as exc:  # malformed chunked framing, from aiohttp's server parser
+            error = RequestBodyError(f"malformed request body: {exc}")
+            self._fail_response(error)
+            raise error from exc
+
+    def _fail_response(self, cause: Exception) -> None:
+        # aiohttp hands a body-generator failure to a response not yet received (ClientConnectionError,
+        # cause kept) but not to one already streaming, whose reader would wait for the upstream's
+        # next byte: tell that reader, so the relay stops and the client connection is closed.
+        if self.response is not None:
+            error = aiohttp.ClientPayloadError(f"request body failed: {_describe(cause)}")
+            error.__cause__ = cause
+            self.response.content.set_exception(error)
+
+
+def _over_limit(limit: int | None) -> str:
+    return f"request body over {limit} bytes (limits.max_body_size)"
 
 
 def _too_large(request: web.Request, limit: int | None) -> bool:
@@ -245,19 +285,20 @@ def _too_large(request: web.Request, limit: int | None) -> bool:
 async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.StreamResponse:
     limit = snap.config.limits.max_body_size
     if _too_large(request, limit):
-        return _done(request, ex, _error(snap, ex.decision, 413, f"request body over {limit} bytes (max_body_size)"))
+        return _done(request, ex, _error(snap, ex.decision, 413, _over_limit(limit)))
     session = request.app[SESSION_KEY]
-    data = _body(request, limit, ex) if request.body_exists else None
+    upload = _Upload(request, limit, ex)
     try:
         async with session.request(
             request.method,
             upstream_url(snap, request),
             headers=upstream_headers(snap, request),
-            data=data,
+            data=upload.chunks() if request.body_exists else None,
             allow_redirects=False,
             timeout=snap.timeout,
             skip_auto_headers=SKIP_AUTO_HEADERS,
         ) as upstream:
+            upload.response = upstream
             return await _relay(request, snap, ex, upstream)
     except aiohttp.ClientError as exc:
         return _done(request, ex, _failed(request, snap, ex, exc))
@@ -267,7 +308,9 @@ def _failed(request: web.Request, snap: Snapshot, ex: Exchange, exc: aiohttp.Cli
     """The response for a request that failed before any of the upstream's response was relayed."""
     status, kind = upstream_error(exc)
     if status == 413:  # the client's fault, not the upstream's: no upstream_error
-        message = f"request body over {snap.config.limits.max_body_size} bytes (max_body_size)"
+        message = _over_limit(snap.config.limits.max_body_size)
+    elif status == 400:
+        message = f"request body: {_describe(exc.__cause__ or exc)}"
     else:
         ex.upstream_error = kind
         message = f"upstream {kind}: {_describe(exc)}"
@@ -299,9 +342,8 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange,
     ex.status = upstream.status
     try:
         await resp.prepare(request)
-        if request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES:
-            await _stream_body(request, ex, upstream, resp)
-        if ex.upstream_error is None:
+        body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
+        if not body or await _stream_body(request, ex, upstream, resp):
             await resp.write_eof()
             return resp
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
@@ -311,10 +353,12 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange,
 
 
 async def _stream_body(request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse,
-                       resp: web.StreamResponse) -> None:
+                       resp: web.StreamResponse) -> bool:
+    """Relay the upstream's body; False when it broke off (then the client connection must be aborted)."""
     while chunk := await _read_upstream(request, ex, upstream):
         await resp.write(chunk)
         ex.bytes_out += len(chunk)
+    return chunk is not None
 
 
 def _copy_response_headers(request: web.Request, snap: Snapshot, ex: Exchange, upstream: aiohttp.ClientResponse,
@@ -330,15 +374,19 @@ def _copy_response_headers(request: web.Request, snap: Snapshot, ex: Exchange, u
     _debug_header(snap, ex.decision, resp)
 
 
-async def _read_upstream(request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes:
-    """The next chunk of the upstream's body; b"" at its end, or when it failed (``ex.upstream_error`` set)."""
+async def _read_upstream(request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes | None:
+    """The next chunk of the upstream's body: b"" at its end, None when the exchange broke off."""
     try:
         return await upstream.content.readany()
     except aiohttp.ClientError as exc:  # payload errors, resets and the read timeout (ServerTimeoutError)
+        if upstream_error(exc)[0] in CLIENT_FAULTS:  # the request body failed after the response began
+            log.warning("request body for %s %s failed after the response started (%s); closing the client "
+                        "connection", request.method, request.raw_path, _describe(exc))
+            return None
         ex.upstream_error = "aborted"
         log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
                     request.method, request.raw_path, _describe(exc))
-        return b""
+        return None
 
 
 def _abort(request: web.Request) -> None:
@@ -358,9 +406,10 @@ def _rewrite_locations(snap: Snapshot, request: web.Request, headers: CIMultiDic
 
 def upstream_error(exc: aiohttp.ClientError) -> tuple[int, str]:
     """Map a client error before the response started to (status, kind): the one place errors get a status."""
-    if isinstance(exc.__cause__, BodyTooLarge):
-        # aiohttp wraps what the request-body generator raises in a ClientConnectionError, cause kept.
-        return 413, "too-large"
+    # aiohttp wraps what the request-body generator (_Upload) raises in a ClientConnectionError, cause kept;
+    # only our own RequestBodyError counts: a malformed upstream response has an HttpProcessingError cause.
+    if isinstance(exc.__cause__, RequestBodyError):
+        return exc.__cause__.status, exc.__cause__.kind
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return 504, "timeout"
     if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):

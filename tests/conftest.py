@@ -226,6 +226,22 @@ async def ws_die(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
+async def early(request: web.Request) -> web.StreamResponse:
+    """POST /early: answers before reading the body, then reads it (noting how that ended)."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await resp.prepare(request)
+    await resp.write(b"answered early\n")
+    try:
+        size = sum([len(chunk) async for chunk in request.content.iter_any()])
+    except BaseException as exc:  # noted for the test, then re-raised
+        request.app[UPSTREAM_KEY].note(f"body-aborted:{type(exc).__name__}")
+        raise
+    request.app[UPSTREAM_KEY].note("body-complete")
+    await resp.write(f"{size}\n".encode())
+    await resp.write_eof()
+    return resp
+
+
 ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/cors": with_cors,
     "v1/sse": sse,
@@ -240,6 +256,7 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/wsdie": ws_die,
     "v1/ws": ws,
     "v1/hang": hang,
+    "v1/early": early,
     "v1/die": die,
     "v1/gzip": gzipped,
     "v1/respond": respond,

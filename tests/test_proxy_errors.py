@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 
 from tests.conftest import MakeProxy, Upstream, raw_request
@@ -140,3 +141,18 @@ async def test_absolute_form_target_is_400_and_never_forwarded(make_proxy: MakeP
     assert resp.status == 400
     assert b"origin-form" in resp.body
     assert upstream.count() == 0
+
+
+async def test_chunked_body_passing_the_limit_after_the_response_started_closes_the_connection(
+        make_proxy: MakeProxy, upstream: Upstream, caplog: pytest.LogCaptureFixture) -> None:
+    proxy = await make_proxy(RULES, extra="limits:\n  max_body_size: 64KiB\n")
+    resp = await proxy.client.post("/early", data=chunks(16), headers={"Origin": APP})
+    assert resp.status == 200  # the upstream answered before the body was complete
+    with pytest.raises(aiohttp.ClientError):
+        await asyncio.wait_for(resp.read(), 5)
+    assert (await upstream.wait_event()).startswith("body-aborted:")
+    assert proxy.exchanges[-1].upstream_error is None  # the client's doing, not the upstream's
+    assert any("max_body_size" in r.getMessage() for r in caplog.records if r.name == "corsproxy")
+
+
+
