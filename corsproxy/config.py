@@ -41,6 +41,7 @@ DEFAULT_CONFIG_PATH = "config.yaml"
 # Methods a browser uppercases whatever the page wrote (Fetch "normalize a method").
 NORMALIZED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 ANY = ("*",)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -431,7 +432,7 @@ class _Reader:
         self.marks.setdefault(path, _position(node))
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
+            for key_node, value_node in self.merged(node, path):
                 if not isinstance(key_node, yaml.ScalarNode):
                     self.add(_position(key_node), path, "a key must be a plain name such as 'allow_origins'")
                     continue
@@ -454,6 +455,28 @@ class _Reader:
         except (yaml.YAMLError, ValueError):  # "!!python/name:x", "!!int abc": never run, never crash
             self.error(path, f"cannot read {node.value!r} as {node.tag}; drop the '!!' tag or fix the value")
             return _BAD
+
+    def merged(self, node: yaml.MappingNode, path: str) -> list[tuple[yaml.Node, yaml.Node]]:
+        """The pairs of a mapping with YAML merge keys (``<<: *rule``) applied: its own keys win, then
+        earlier merge sources over later ones (yaml.org/type/merge)."""
+        if not any(key.tag == _MERGE_TAG for key, _ in node.value):
+            return node.value
+        own, sources = [], []
+        for key, value in node.value:
+            if key.tag != _MERGE_TAG:
+                own.append((key, value))
+                continue
+            subs = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            if all(isinstance(sub, yaml.MappingNode) for sub in subs):
+                sources.extend(subs)
+            else:
+                self.add(_position(value), path, "'<<' merges a mapping (<<: *rule) or a list of them (<<: [*a, *b])")
+        pairs: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for sub in sources:
+            for key, value in self.merged(sub, path):
+                pairs.setdefault(key.value if isinstance(key, yaml.ScalarNode) else id(key), (key, value))
+        names = {key.value for key, _ in own if isinstance(key, yaml.ScalarNode)}
+        return [pair for name, pair in pairs.items() if name not in names] + own
 
     def expand(self, text: str, path: str) -> str:
         missing: list[str] = []

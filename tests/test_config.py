@@ -366,3 +366,25 @@ def test_describe_is_json_with_the_effective_rules(tmp_path: Path) -> None:
 def test_default_config_path_prefers_the_environment() -> None:
     assert cfg.default_config_path({}) == "config.yaml"
     assert cfg.default_config_path({"CORSPROXY_CONFIG": "/etc/cp.yaml"}) == "/etc/cp.yaml"
+
+
+def test_yaml_merge_keys_reuse_a_rule_and_own_keys_win(tmp_path: Path) -> None:
+    text = (
+        HEAD +
+        "  - &one {name: one, allow_origins: ['https://a.example'], max_age: 1, paths: ['/1']}\n"
+        "  - &two {name: two, allow_origins: ['https://b.example'], max_age: 2, allow_credentials: true, "
+        "paths: ['/2']}\n"
+        "  - <<: [*one, *two]\n"
+        "    name: three\n"
+        "    paths: ['/3']\n"
+    )
+    three = load(tmp_path, text).rules[2]
+    # earlier merge sources win over later ones; keys a source lacks come from the next
+    assert (three.name, three.paths.patterns, three.allow_origins, three.max_age, three.allow_credentials) == \
+        ("three", ("/3",), ("https://a.example",), 1, True)
+
+
+def test_a_merge_of_something_else_than_a_mapping_is_an_error(tmp_path: Path) -> None:
+    text = HEAD + "  - <<: 5\n    allow_origins: ['*']\n"
+    assert errors(tmp_path, text) == ["FILE:3:9: rules[0]: '<<' merges a mapping (<<: *rule) or a list of them "
+                                      "(<<: [*a, *b])"]
