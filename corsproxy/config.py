@@ -657,7 +657,8 @@ class _Reader:
         for i, item in enumerate(value):
             try:
                 if not isinstance(item, str | dict):
-                    raise ValueError(f"expected an origin string or {{regex: '...'}}, got {item!r}")
+                    hint = " (an unquoted null is YAML's empty value: write 'null' in quotes)" if item is None else ""
+                    raise ValueError(f"expected an origin string or {{regex: '...'}}, got {item!r}{hint}")
                 compile_origins([item])
             except ValueError as exc:
                 self.error(f"{path}[{i}]", str(exc))

@@ -162,6 +162,10 @@ def parse_exact(entry: str) -> Origin:
 
 
 def _origin_hint(entry: str) -> str:
+    if entry != entry.strip():
+        return f"{entry!r} has spaces around it; write {entry.strip()!r}"
+    if entry.lower() == "null":
+        return f"{entry!r}: browsers send the null origin as lowercase 'null'; write 'null'"
     m = re.match(r"([a-z][a-z0-9+.\-]*://[^/?#]+)([/?#].*)$", entry, re.I)
     if m:
         return f"{entry!r} has a path, query or trailing '/'; an origin is scheme://host[:port]: write {m[1]!r}"
@@ -185,6 +189,10 @@ def parse_wildcard(entry: str) -> Wildcard:
         raise ValueError(f"{entry!r}: wildcards are for http/https origins only; list {scheme}:// origins exactly")
     if not all(_LABEL_RE.fullmatch(label) for label in host.split(".")):
         raise ValueError(f"{entry!r}: {host!r} is not a valid host name")
+    if label_wild and host.rsplit(".", 1)[-1].isdigit():
+        # SECURITY: '*.0.0.1' would match 127.0.0.1 and 10.0.0.1: IP addresses have no subdomains.
+        raise ValueError(f"{entry!r}: '*.' is for subdomains of a domain name, not an IP address; "
+                         "list each address exactly")
     if port_text == "*":
         port: int | None = ANY_PORT
     else:

@@ -78,6 +78,9 @@ BROKEN = [
                  "  - allow_origins: ['*']\n",
                  ["FILE:3:3: limits.max_body_size: expected bytes as a whole number or with KiB/MiB/GiB (e.g. 10MiB), "
                   "got '10MB'"], id="bad-max-body-size"),
+    pytest.param(HEAD + "  - allow_origins:\n      - https://a.example\n      - null\n",
+                 ["FILE:5:9: rules[0].allow_origins[1]: expected an origin string or {regex: '...'}, got None (an "
+                  "unquoted null is YAML's empty value: write 'null' in quotes)"], id="unquoted-null-origin"),
     pytest.param(HEAD + "  - allow_origins: ['https://app.*.example.com']\n",
                  ["FILE:3:21: rules[0].allow_origins[0]: 'https://app.*.example.com': '*' may only stand as whole "
                   "leading labels ('https://*.example.com') or as the port ('http://localhost:*'); for anything else "

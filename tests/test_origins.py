@@ -147,6 +147,11 @@ ENTRY_ERRORS = [
                  id="wildcard-bad-label"),
     pytest.param("https://*.example.com:0", "'https://*.example.com:0': port 0 is out of range 1-65535",
                  id="wildcard-port-zero"),
+    pytest.param("http://*.0.0.1", "'http://*.0.0.1': '*.' is for subdomains of a domain name, not an IP address; "
+                 "list each address exactly", id="wildcard-over-an-ip-address"),
+    pytest.param("NULL", "'NULL': browsers send the null origin as lowercase 'null'; write 'null'",
+                 id="null-uppercase"),
+    pytest.param(" https://a.com", "' https://a.com' has spaces around it; write 'https://a.com'", id="spaces"),
     pytest.param({"regex": "("}, "regex '(' does not compile: missing ), unterminated subpattern at position 0; "
                  "fix the pattern (Python re syntax)", id="regex-does-not-compile"),
     pytest.param({"rgx": "a"}, "an origin pattern is written {regex: '^https://[a-z]+\\.example\\.com$'}",
