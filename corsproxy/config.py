@@ -180,17 +180,22 @@ def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
 def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
                    upstream: str | None = None) -> Config:
     """Apply command-line flags (which win over the file)."""
-    listen = config.listen
-    if host is not None:
-        listen = dataclasses.replace(listen, host=host)
-    if port is not None:
-        listen = dataclasses.replace(listen, port=port)
-    up = config.upstream
-    if upstream is not None:
+    listen, up, issues = config.listen, config.upstream, []
+    for flag, value, check in (("--host", host, _str), ("--port", port, _int(0, 65535)),
+                               ("--upstream", upstream, _upstream_url)):
+        if value is None:
+            continue
         try:
-            up = dataclasses.replace(up, url=_upstream_url(upstream))
-        except ValueError as exc:
-            raise ConfigError([f"--upstream: {exc}"]) from None
+            value = check(value)
+        except ValueError as exc:  # checked like the file's own value, so serve never binds a bad one
+            issues.append(f"{flag}: {exc}")
+        else:
+            if flag == "--upstream":
+                up = dataclasses.replace(up, url=value)
+            else:
+                listen = dataclasses.replace(listen, **{flag[2:]: value})
+    if issues:
+        raise ConfigError(issues)
     return dataclasses.replace(config, listen=listen, upstream=up)
 
 

@@ -391,3 +391,14 @@ def test_a_merge_of_something_else_than_a_mapping_is_an_error(tmp_path: Path) ->
     text = HEAD + "  - <<: 5\n    allow_origins: ['*']\n"
     assert errors(tmp_path, text) == ["FILE:3:9: rules[0]: '<<' merges a mapping (<<: *rule) or a list of them "
                                       "(<<: [*a, *b])"]
+
+
+def test_with_overrides_checks_flags_like_file_values(tmp_path: Path) -> None:
+    config = load(tmp_path, HEAD + "  - allow_origins: ['*']\n")
+    with pytest.raises(ConfigError) as exc:
+        cfg.with_overrides(config, host="", port=70000, upstream="http://a/?q")
+    assert exc.value.issues == [
+        "--host: expected a non-empty string, got ''",
+        "--port: expected a whole number from 0 to 65535, got 70000",
+        "--upstream: 'http://a/?q' may carry a base path but no query or fragment; drop from '?' or '#' on",
+    ]
