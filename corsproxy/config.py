@@ -283,17 +283,47 @@ def _upstream_url(v: Any) -> str:
     return str(url).rstrip("/")
 
 
-def _networks(v: Any) -> tuple[IPNetwork, ...]:
-    if not isinstance(v, list):
-        raise ValueError("expected a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
+def _items(v: list[Any], check: Parser) -> tuple[Any, ...]:
+    """Check every item of a list; the bad ones are raised together, so all are reported at once."""
+    out, bad = [], []
+    for i, item in enumerate(v):
+        try:
+            out.append(check(item))
+        except ValueError as exc:
+            bad.append(IndexedError(i, str(exc)))
+    if bad:
+        raise ExceptionGroup("bad list items", bad)
+    return tuple(out)
+
+
+def _network(item: Any) -> IPNetwork:
+    if not isinstance(item, str):  # ip_network(10) would quietly mean 0.0.0.10/32
+        raise ValueError(f"{item!r} is not an address; write addresses or CIDRs such as 10.0.0.0/8")
     try:
-        return tuple(ipaddress.ip_network(str(item), strict=False) for item in v)
+        return ipaddress.ip_network(item, strict=False)
     except ValueError as exc:
         raise ValueError(f"{exc}; write addresses or CIDRs such as 10.0.0.0/8") from None
 
 
+def _networks(v: Any) -> tuple[IPNetwork, ...]:
+    if not isinstance(v, list):
+        raise ValueError("expected a list of CIDRs, e.g. [10.0.0.0/8, 127.0.0.1/32]")
+    return _items(v, _network)
+
+
 def _tokens(kind: str, example: str) -> Parser:
     """A list of HTTP tokens (methods, header names), or ``"*"``."""
+
+    def token(item: Any) -> str:
+        if item == "*":
+            raise ValueError(f"'*' cannot be mixed with names; write {kind}s: \"*\" alone")
+        if not isinstance(item, str) or not TOKEN_RE.fullmatch(item):
+            raise ValueError(f"{item!r} is not a valid {kind} name (letters, digits, -_!#$%&'*+.^`|~)")
+        if kind == "method" and item != item.upper() and item.upper() in NORMALIZED_METHODS:
+            # fetch() sends "delete" as "DELETE" (Fetch "normalize a method"), so a lowercase
+            # entry would never match and silently deny; "patch" is sent as written.
+            raise ValueError(f"browsers always send {item.upper()} in uppercase; write {item.upper()!r}")
+        return item
 
     def parse(v: Any) -> tuple[str, ...]:
         if v == "*" or v == ["*"]:
@@ -302,25 +332,9 @@ def _tokens(kind: str, example: str) -> Parser:
             raise ValueError(f"expected a list, e.g. [{example}], or \"*\"")
         if not isinstance(v, list):
             raise ValueError(f"expected a list of {kind}s, e.g. [{example}], or \"*\"")
-        for i, item in enumerate(v):
-            if item == "*":
-                raise IndexedError(i, f"'*' cannot be mixed with names; write {kind}s: \"*\" alone")
-            if not isinstance(item, str) or not TOKEN_RE.fullmatch(item):
-                raise IndexedError(i, f"{item!r} is not a valid {kind} name (letters, digits, -_!#$%&'*+.^`|~)")
-        return tuple(v)
+        return _items(v, token)
 
     return parse
-
-
-def _methods(v: Any) -> tuple[str, ...]:
-    """``allow_methods``: tokens, compared exactly; the six methods browsers uppercase must be uppercase."""
-    methods = _tokens("method", "GET, POST")(v)
-    for i, method in enumerate(methods):
-        # fetch() sends "delete" as "DELETE" (Fetch "normalize a method"), so a
-        # lowercase entry would never match and silently deny; "patch" is sent as written.
-        if method != method.upper() and method.upper() in NORMALIZED_METHODS:
-            raise IndexedError(i, f"browsers always send {method.upper()} in uppercase; write {method.upper()!r}")
-    return methods
 
 
 def _did_you_mean(word: Any, choices: Any) -> str:
@@ -370,7 +384,7 @@ _LOGGING = {
 _DEBUG = {"decision_header": _Field(_bool, False)}
 _RULE_FIELDS = {
     "allow_origins": _Field(lambda v: v),  # checked in _Reader.rule
-    "allow_methods": _Field(_methods, ("GET", "HEAD", "POST")),
+    "allow_methods": _Field(_tokens("method", "GET, POST"), ("GET", "HEAD", "POST")),
     "allow_headers": _Field(_tokens("header", "Content-Type, Authorization"), ()),
     "expose_headers": _Field(_tokens("header", "X-Request-Id"), ()),
     "allow_credentials": _Field(_bool, False),
@@ -530,8 +544,9 @@ class _Reader:
     def field(self, spec: _Field, value: Any, path: str) -> Any:
         try:
             return spec.parse(value)
-        except IndexedError as exc:
-            self.error(f"{path}[{exc.index}]", str(exc))
+        except ExceptionGroup as group:  # from _items: every bad item of a list
+            for item in group.exceptions:
+                self.error(f"{path}[{item.index}]", str(item))
         except ValueError as exc:
             self.error(path, str(exc))
         return _BAD

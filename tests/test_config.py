@@ -96,6 +96,12 @@ BROKEN = [
     pytest.param(HEAD + "  - allow_origins: ['*']\n    allow_methods: [GET, delete]\n",
                  ["FILE:4:26: rules[0].allow_methods[1]: browsers always send DELETE in uppercase; write 'DELETE'"],
                  id="lowercase-standard-method"),
+    pytest.param(HEAD + "  - allow_origins: ['*']\n    allow_methods: [put, GET, 'PO ST', 5]\n",
+                 ["FILE:4:21: rules[0].allow_methods[0]: browsers always send PUT in uppercase; write 'PUT'",
+                  "FILE:4:31: rules[0].allow_methods[2]: 'PO ST' is not a valid method name (letters, digits, "
+                  "-_!#$%&'*+.^`|~)",
+                  "FILE:4:40: rules[0].allow_methods[3]: 5 is not a valid method name (letters, digits, "
+                  "-_!#$%&'*+.^`|~)"], id="every-bad-method-at-once"),
     pytest.param(HEAD + "  - allow_origins: ['*']\n    allow_methods: [GET, '*']\n",
                  ["FILE:4:26: rules[0].allow_methods[1]: '*' cannot be mixed with names; write methods: \"*\" alone"],
                  id="star-mixed-with-methods"),
@@ -141,6 +147,11 @@ BROKEN = [
                  ["FILE:2:3: listen.tls.key: 'key' is required; add key: key.pem (the PEM private key)",
                   "FILE:2:9: listen.tls.cert: cannot read file '/nonexistent/cert.pem'; give a path that exists and "
                   "is readable"], id="tls-half-given"),
+    pytest.param("listen:\n  trusted_proxies: [10.0.0.0/8, 10, 300.1.1.1]\n" + HEAD + "  - allow_origins: ['*']\n",
+                 ["FILE:2:33: listen.trusted_proxies[1]: 10 is not an address; write addresses or CIDRs such as "
+                  "10.0.0.0/8",
+                  "FILE:2:37: listen.trusted_proxies[2]: '300.1.1.1' does not appear to be an IPv4 or IPv6 network; "
+                  "write addresses or CIDRs such as 10.0.0.0/8"], id="bad-trusted-proxies"),
     pytest.param("? [a, b]\n: 1\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:1:3: (top level): a key must be a plain name such as 'allow_origins'"], id="non-scalar-key"),
 ]
