@@ -71,6 +71,9 @@ class Snapshot:
             upstream_host=host,
             timeout=aiohttp.ClientTimeout(
                 total=None,
+                # connect bounds the whole wait for a connection: DNS, a free slot in the pool of
+                # max_connections (long SSE or WebSocket streams can hold them all), TCP and TLS.
+                connect=config.upstream.connect_timeout,
                 sock_connect=config.upstream.connect_timeout,
                 sock_read=config.upstream.read_timeout,
             ),

@@ -156,3 +156,17 @@ async def test_chunked_body_passing_the_limit_after_the_response_started_closes_
 
 
 
+
+
+async def test_waiting_for_a_free_upstream_connection_is_bounded_by_connect_timeout(make_proxy: MakeProxy,
+                                                                                   upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, upstream_extra="  max_connections: 1\n  connect_timeout: 0.3\n")
+    stream = await proxy.client.get("/hang", headers={"Origin": APP})  # holds the only connection
+    assert await stream.content.readline() == b"started\n"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await proxy.client.get("/x", headers={"Origin": APP})
+    assert resp.status == 504
+    assert loop.time() - started < 3
+    assert cors_headers(resp.headers) == ERROR_CORS
+    stream.close()
