@@ -369,12 +369,19 @@ async def test_two_workers_both_serve_a_killed_one_comes_back_and_sigterm_stops_
         for _ in range(40):  # a new connection each; the kernel spreads them over both listeners
             async with fresh.get(setup.url + "/api/x", headers={"Origin": "https://evil.example"}) as resp:
                 assert resp.status == 200
+        # A worker logs and counts a request just after its last byte went out: wait (bounded) for all 40.
+        deadline = time.monotonic() + 5
+        while len(proc.access()) < 40 or total(await scrape(admin, setup), "corsproxy_requests_total") < 40:
+            assert time.monotonic() < deadline, f"{len(proc.access())} access lines"
+            await asyncio.sleep(0.05)
         lines = proc.access()
+        assert len(lines) == 40
         assert {r["pid"] for r in lines} == workers  # both served
         for line in lines:
             assert set(ACCESS_FIELDS) <= set(line)
             assert line["verdict"] == "denied:origin" and line["origin"] == "https://evil.example"
         metrics = await scrape(admin, setup)  # one scrape covers both workers
+        assert total(metrics, "corsproxy_requests_total") == 40
         assert total(metrics, "corsproxy_requests_total", rule="app", verdict="denied:origin") == 40
         async with admin.get(setup.admin + "/decisions", headers={"Accept": "application/json"}) as resp:
             decisions = await resp.json()
