@@ -188,7 +188,8 @@ def parse_wildcard(entry: str) -> Wildcard:
     if scheme not in WILDCARD_SCHEMES:
         raise ValueError(f"{entry!r}: wildcards are for http/https origins only; list {scheme}:// origins exactly")
     if not all(_LABEL_RE.fullmatch(label) for label in host.split(".")):
-        raise ValueError(f"{entry!r}: {host!r} is not a valid host name")
+        raise ValueError(f"{entry!r}: {host!r} is not a valid host name; labels are letters, digits and inner '-' "
+                         "(punycode for others), as in 'https://*.example.com'")
     if label_wild and host.rsplit(".", 1)[-1].isdigit():
         # SECURITY: '*.0.0.1' would match 127.0.0.1 and 10.0.0.1: IP addresses have no subdomains.
         raise ValueError(f"{entry!r}: '*.' is for subdomains of a domain name, not an IP address; "

@@ -143,7 +143,8 @@ ENTRY_ERRORS = [
     pytest.param("chrome-extension://*.abc",
                  "'chrome-extension://*.abc': wildcards are for http/https origins only; list chrome-extension:// "
                  "origins exactly", id="wildcard-other-scheme"),
-    pytest.param("https://*.exa_mple-.com", "'https://*.exa_mple-.com': 'exa_mple-.com' is not a valid host name",
+    pytest.param("https://*.exa_mple-.com", "'https://*.exa_mple-.com': 'exa_mple-.com' is not a valid host name; "
+                 "labels are letters, digits and inner '-' (punycode for others), as in 'https://*.example.com'",
                  id="wildcard-bad-label"),
     pytest.param("https://*.example.com:0", "'https://*.example.com:0': port 0 is out of range 1-65535",
                  id="wildcard-port-zero"),
