@@ -42,6 +42,9 @@ WS_HANDSHAKE_HEADERS = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
 NO_BODY_STATUSES = frozenset({204, 304})
+# Request headers this hop has already answered: aiohttp's server sent the client its "100 Continue", and
+# passing Expect on would stall the body behind an upstream that never sends one (lowercase).
+PROXY_ANSWERED = frozenset({"expect"})
 CLIENT_FAULTS = frozenset({400, 413})  # statuses upstream_error() gives a request body the client got wrong
 READ_CHUNK = 2**16
 
@@ -215,7 +218,7 @@ def upstream_url(snap: Snapshot, request: web.Request) -> URL:
 
 def upstream_headers(snap: Snapshot, request: web.Request) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones, with Host, Via and X-Forwarded-* set."""
-    drop = hop_by_hop(request.headers.getall("Connection", ()))
+    drop = hop_by_hop(request.headers.getall("Connection", ())) | PROXY_ANSWERED
     out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
     up = snap.config.upstream
     if up.host_header == "upstream":

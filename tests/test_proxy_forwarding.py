@@ -153,6 +153,28 @@ def through_canned(make_proxy: MakeProxy) -> Callable[..., object]:
     return run
 
 
+async def test_expect_100_continue_is_answered_by_the_proxy_not_passed_on(make_proxy: MakeProxy) -> None:
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        body = await asyncio.wait_for(reader.readexactly(5), 5)  # never sends 100 Continue
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        proxy = await make_proxy(RULES, upstream_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        resp = await proxy.client.post("/api/x", data=b"hello", expect100=True)
+        assert resp.status == 200
+        assert await resp.read() == b"hello"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert b"expect:" not in heads[0].lower()
+
+
 async def test_a_body_without_content_type_gets_none_from_the_proxy(through_canned) -> None:
     resp = await through_canned(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n<b>x!", raw_get("/x"))
     assert resp.body == b"<b>x!"
