@@ -42,6 +42,7 @@ DEFAULT_CONFIG_PATH = "config.yaml"
 NORMALIZED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 ANY = ("*",)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_ANY_HOSTS = frozenset({"0.0.0.0", "::", ""})  # bind every address, so any port clash is real
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -571,6 +572,7 @@ class _Reader:
             "debug": self.section(data.get("debug"), "debug", _DEBUG),
             "rules": self.rules(data),
         }
+        self.check_ports(parts["listen"], parts["admin"])
         if self.issues:
             return None
         return Config(
@@ -584,6 +586,13 @@ class _Reader:
             source=self.source,
             marks=self.marks,
         )
+
+    def check_ports(self, listen: dict[str, Any] | None, admin: dict[str, Any] | None) -> None:
+        if not listen or not admin or listen["port"] != admin["port"] or listen["port"] in (0, _BAD):
+            return
+        if listen["host"] == admin["host"] or {listen["host"], admin["host"]} & _ANY_HOSTS:
+            self.error("admin.port", f"the admin listener cannot share port {admin['port']} with listen.port; "
+                                     "give it another port (default 9901) or admin: null")
 
     def listen(self, data: Any) -> dict[str, Any] | None:
         out = self.section(data, "listen", _LISTEN)

@@ -152,6 +152,9 @@ BROKEN = [
                   "10.0.0.0/8",
                   "FILE:2:37: listen.trusted_proxies[2]: '300.1.1.1' does not appear to be an IPv4 or IPv6 network; "
                   "write addresses or CIDRs such as 10.0.0.0/8"], id="bad-trusted-proxies"),
+    pytest.param("listen: {port: 8080}\nadmin: {port: 8080}\n" + HEAD + "  - allow_origins: ['*']\n",
+                 ["FILE:2:9: admin.port: the admin listener cannot share port 8080 with listen.port; give it another "
+                  "port (default 9901) or admin: null"], id="admin-port-clash"),
     pytest.param("? [a, b]\n: 1\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:1:3: (top level): a key must be a plain name such as 'allow_origins'"], id="non-scalar-key"),
 ]
@@ -322,6 +325,12 @@ def test_listen_and_admin_hosts_default_to_the_environment_then_loopback(tmp_pat
 
 def test_admin_null_disables_the_admin_listener(tmp_path: Path) -> None:
     assert load(tmp_path, "admin: null\n" + HEAD + "  - allow_origins: ['*']\n").admin is None
+
+
+def test_admin_may_share_a_port_number_on_another_address(tmp_path: Path) -> None:
+    text = "listen: {host: 10.0.0.1, port: 8080}\nadmin: {host: 127.0.0.1, port: 8080}\n"
+    config = load(tmp_path, text + HEAD + "  - allow_origins: ['*']\n")
+    assert config.admin is not None and (config.listen.port, config.admin.port) == (8080, 8080)
 
 
 def test_with_overrides_replaces_only_what_is_given(tmp_path: Path) -> None:
