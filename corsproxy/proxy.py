@@ -46,7 +46,6 @@ NO_BODY_STATUSES = frozenset({204, 304})
 # passing Expect on would stall the body behind an upstream that never sends one (lowercase).
 PROXY_ANSWERED = frozenset({"expect"})
 CLIENT_FAULTS = frozenset({400, 413})  # statuses upstream_error() gives a request body the client got wrong
-READ_CHUNK = 2**16
 
 
 @dataclass(frozen=True, slots=True)
