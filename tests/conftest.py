@@ -216,6 +216,15 @@ async def ws_close(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
+async def ws_proto(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket that speaks the "v2.chat" subprotocol only, and says which one was chosen."""
+    sock = web.WebSocketResponse(protocols=("v2.chat",))
+    await sock.prepare(request)
+    await sock.send_str(f"protocol:{sock.ws_protocol}")
+    await sock.close()
+    return sock
+
+
 async def ws_die(request: web.Request) -> web.WebSocketResponse:
     """WebSocket whose connection drops (no close frame) on the first message."""
     sock = web.WebSocketResponse()
@@ -254,6 +263,7 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/hop": hop,
     "v1/wsclose": ws_close,
     "v1/wsdie": ws_die,
+    "v1/wsproto": ws_proto,
     "v1/ws": ws,
     "v1/hang": hang,
     "v1/early": early,

@@ -123,3 +123,10 @@ async def test_client_dropping_the_websocket_closes_the_upstream_with_going_away
     assert head.startswith(b"HTTP/1.1 101 ")
     writer.transport.abort()  # gone without a close frame
     assert await upstream.wait_event() == f"ws-closed:{aiohttp.WSCloseCode.GOING_AWAY.value}"
+
+
+async def test_websocket_subprotocol_is_negotiated_with_the_upstream(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy(RULES)
+    async with proxy.client.ws_connect("/wsproto", headers=APP, protocols=("v1.chat", "v2.chat")) as sock:
+        assert sock.protocol == "v2.chat"
+        assert await sock.receive_str(timeout=5) == "protocol:v2.chat"
