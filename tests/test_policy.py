@@ -243,6 +243,9 @@ PREFLIGHT_SPEC = [
                  id="star-origin-default-allows-no-headers"),
     pytest.param("/star/x", "PUT", "", False, "denied:method", DENIED_PREFLIGHT, id="default-methods-no-put"),
     pytest.param("/null/x", "GET", "", False, "allowed", allowed_preflight("null"), id="null-echoed-when-listed"),
+    pytest.param("/timing/x", "GET", "", False, "allowed", allowed_preflight(APP), id="no-timing-header-on-preflight"),
+    pytest.param("/expose/x", "GET", "", False, "allowed", allowed_preflight(APP), id="no-expose-header-on-preflight"),
+    pytest.param("/reject/x", "PUT", "", False, "denied:method", DENIED_PREFLIGHT, id="reject-rule-denied-preflight"),
 ]
 
 
