@@ -426,6 +426,7 @@ class _Reader:
         self.issues: list[tuple[tuple[int, int], str]] = []  # (line, column), text: sorted when raised
         self.marks: dict[str, tuple[int, int]] = {}
         self._failed: set[str] = set()
+        self._open: set[int] = set()  # ids of the lists and mappings being read, to stop alias loops
         self._constructor = yaml.constructor.SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
 
@@ -450,6 +451,30 @@ class _Reader:
 
     def value(self, node: yaml.Node, path: str) -> Any:
         self.marks.setdefault(path, _position(node))
+        if isinstance(node, yaml.CollectionNode):
+            if id(node) in self._open:  # "a: &x [*x]" would recurse forever
+                self.error(path, "this alias refers to a list or mapping that contains it; write the values out")
+                return _BAD
+            self._open.add(id(node))
+            try:
+                return self.collection(node, path)
+            finally:
+                self._open.discard(id(node))
+        return self.scalar(node, path)
+
+    def scalar(self, node: yaml.ScalarNode, path: str) -> Any:
+        if "${" in node.value:
+            text = self.expand(node.value, path)
+            # a plain scalar is typed after expansion (port: ${PORT:-8080} is an int); a quoted one stays str
+            tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
+            node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
+        try:
+            return self._constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError):  # "!!python/name:x", "!!int abc": never run, never crash
+            self.error(path, f"cannot read {node.value!r} as {node.tag}; drop the '!!' tag or fix the value")
+            return _BAD
+
+    def collection(self, node: yaml.CollectionNode, path: str) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in self.merged(node, path):
@@ -463,18 +488,7 @@ class _Reader:
                 self.marks[sub] = _position(key_node)  # point at the key, not its value
                 out[key] = self.value(value_node, sub)
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.value(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-        if "${" in node.value:
-            text = self.expand(node.value, path)
-            # a plain scalar is typed after expansion (port: ${PORT:-8080} is an int); a quoted one stays str
-            tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
-            node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
-        try:
-            return self._constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError):  # "!!python/name:x", "!!int abc": never run, never crash
-            self.error(path, f"cannot read {node.value!r} as {node.tag}; drop the '!!' tag or fix the value")
-            return _BAD
+        return [self.value(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
 
     def merged(self, node: yaml.MappingNode, path: str) -> list[tuple[yaml.Node, yaml.Node]]:
         """The pairs of a mapping with YAML merge keys (``<<: *rule``) applied: its own keys win, then
@@ -493,7 +507,15 @@ class _Reader:
                 self.add(_position(value), path, "'<<' merges a mapping (<<: *rule) or a list of them (<<: [*a, *b])")
         pairs: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
         for sub in sources:
-            for key, value in self.merged(sub, path):
+            if id(sub) in self._open:  # "&x {<<: *x}"
+                self.error(path, "'<<' merges a mapping that contains it; write the values out")
+                continue
+            self._open.add(id(sub))
+            try:
+                merged = self.merged(sub, path)
+            finally:
+                self._open.discard(id(sub))
+            for key, value in merged:
                 pairs.setdefault(key.value if isinstance(key, yaml.ScalarNode) else id(key), (key, value))
         names = {key.value for key, _ in own if isinstance(key, yaml.ScalarNode)}
         return [pair for name, pair in pairs.items() if name not in names] + own

@@ -155,6 +155,12 @@ BROKEN = [
     pytest.param("listen: {port: 8080}\nadmin: {port: 8080}\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:2:9: admin.port: the admin listener cannot share port 8080 with listen.port; give it another "
                   "port (default 9901) or admin: null"], id="admin-port-clash"),
+    pytest.param(HEAD + "  - &x\n    allow_origins: ['*']\n    paths: [*x]\n",
+                 ["FILE:3:5: rules[0].paths[0]: this alias refers to a list or mapping that contains it; write the "
+                  "values out"], id="alias-loop"),
+    pytest.param(HEAD + "  - &x\n    allow_origins: ['*']\n    <<: *x\n",
+                 ["FILE:3:5: rules[0]: '<<' merges a mapping that contains it; write the values out"],
+                 id="merge-loop"),
     pytest.param("? [a, b]\n: 1\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:1:3: (top level): a key must be a plain name such as 'allow_origins'"], id="non-scalar-key"),
 ]
