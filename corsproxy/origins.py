@@ -20,6 +20,7 @@ from dataclasses import dataclass
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 WILDCARD_SCHEMES = frozenset({"http", "https"})
 ANY_PORT = -1
+MAX_ORIGIN_LENGTH = 512  # scheme + "://" + a 253-character host + ":65535", with room for long schemes
 
 # Host: a DNS name (ASCII; browsers send IDNs as punycode; a trailing dot is kept, as
 # browsers keep it: "https://a.com." is another origin than "https://a.com"), an IPv4
@@ -47,12 +48,18 @@ class Origin:
         return f"{self.scheme}://{self.host}" + (f":{self.port}" if self.port is not None else "")
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_origin(value: str) -> Origin | None:
     """Parse a serialized origin as sent in an ``Origin`` header; ``None`` when it is not one.
 
     ``null`` is not parsed here (it is a literal, see :meth:`OriginSet.allows`).
     """
+    # A host name has at most 253 characters (RFC 1035); longer values are never cached, so a
+    # client cannot fill the cache with 8 KiB headers.
+    return None if len(value) > MAX_ORIGIN_LENGTH else _parse_origin(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_origin(value: str) -> Origin | None:
     m = _ORIGIN_RE.fullmatch(value)
     if m is None:
         return None

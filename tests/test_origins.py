@@ -66,7 +66,13 @@ INVALID = [
     pytest.param("https://*.example.com", id="wildcard-is-not-an-origin"),
     pytest.param("https://a.com, https://b.com", id="list"),
     pytest.param("1https://a.com", id="scheme-starts-with-digit"),
+    pytest.param("https://" + "a" * 505, id="longer-than-any-origin"),
 ]
+
+
+def test_longest_real_origin_still_parses() -> None:
+    host = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters, the DNS maximum
+    assert parse_origin(f"https://{host}:65535") == Origin("https", host, 65535)
 
 
 @pytest.mark.parametrize("value", INVALID)
