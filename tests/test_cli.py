@@ -216,6 +216,8 @@ def test_explain_without_origin_is_a_usage_error(tmp_path: Path, config_file: Pa
 # ------------------------------------------------------------ help and version
 
 @pytest.mark.parametrize(("command", "words"), [
+    pytest.param("serve", ["-c CONFIG, --config CONFIG", "--host HOST", "--port PORT", "--upstream URL",
+                           "--workers WORKERS"], id="serve"),
     pytest.param("check", ["--strict", "--json", "-c CONFIG, --config CONFIG", "FILE:LINE:COL"], id="check"),
     pytest.param("explain", ["--origin ORIGIN", "--method METHOD", "--path PATH", "--header NAME", "--preflight",
                              "Exit 0 allowed (or no rule), 1 denied, 2 bad config."], id="explain"),
@@ -226,6 +228,13 @@ def test_subcommand_help(tmp_path: Path, command: str, words: list[str]) -> None
     assert result.stdout.startswith(f"usage: corsproxy {command} ")
     flat = " ".join(result.stdout.split())
     assert [w for w in words if w not in flat] == []
+
+
+def test_serve_with_a_bad_port_flag_exits_2_before_binding(tmp_path: Path, config_file: Path) -> None:
+    result = run("serve", "-c", str(config_file), "--port", "70000", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["--port: expected a whole number from 0 to 65535, got 70000",
+                                          "1 error(s); nothing was started"]
 
 
 def test_version(tmp_path: Path) -> None:
