@@ -42,6 +42,7 @@ DEFAULT_CONFIG_PATH = "config.yaml"
 NORMALIZED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 ANY = ("*",)
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_NAME_FORBIDDEN = frozenset('";,=\\')
 _ANY_HOSTS = frozenset({"0.0.0.0", "::", ""})  # bind every address, so any port clash is real
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
@@ -244,6 +245,15 @@ def _str(v: Any) -> str:
     return v
 
 
+def _rule_name(v: Any) -> str:
+    name = _str(v)
+    # shown in the CORS-Decision header (rule=NAME; verdict=...) and in log lines
+    if not all(" " <= c <= "~" for c in name) or set(name) & _NAME_FORBIDDEN:
+        raise ValueError(f"{name!r}: a rule name is printable ASCII without {' '.join(sorted(_NAME_FORBIDDEN))} "
+                         "(it appears in headers and logs), e.g. 'app-v2'")
+    return name
+
+
 def _choice(*choices: str) -> Parser:
     def parse(v: Any) -> str:
         if v not in choices:
@@ -397,7 +407,7 @@ _RULE_FIELDS = {
     "upstream_cors": _Field(_choice("replace", "keep"), "replace"),
     "denied_preflight": _Field(_choice("reject", "forward"), "reject"),
 }
-_RULE = {"name": _Field(_str), "paths": _Field(lambda v: v), **_RULE_FIELDS}
+_RULE = {"name": _Field(_rule_name), "paths": _Field(lambda v: v), **_RULE_FIELDS}
 _TOP = ("listen", "upstream", "limits", "admin", "logging", "debug", "defaults", "rules")
 _EMPTY_HINTS = {
     "allow_origins": 'an empty list allows nothing; list origins (e.g. ["https://app.example.com"]) or remove the rule',

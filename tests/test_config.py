@@ -161,6 +161,9 @@ BROKEN = [
     pytest.param(HEAD + "  - &x\n    allow_origins: ['*']\n    <<: *x\n",
                  ["FILE:3:5: rules[0]: '<<' merges a mapping that contains it; write the values out"],
                  id="merge-loop"),
+    pytest.param(HEAD + "  - {name: 'app; verdict=allowed', allow_origins: ['*']}\n",
+                 ["FILE:3:6: rules[0].name: 'app; verdict=allowed': a rule name is printable ASCII without \" , ; = \\ "
+                  "(it appears in headers and logs), e.g. 'app-v2'"], id="rule-name-that-would-forge-a-header"),
     pytest.param("? [a, b]\n: 1\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:1:3: (top level): a key must be a plain name such as 'allow_origins'"], id="non-scalar-key"),
 ]
