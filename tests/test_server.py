@@ -183,7 +183,7 @@ async def refused(port: int, timeout: float = 3.0) -> None:
 
 
 RELOAD_SECONDS = 20.0
-SLACK = 0.5  # seconds a request may take to reach the proxy after the client started it
+SLACK = 0.75  # seconds a request may take to reach the proxy after the client started it
 
 
 async def test_reload_under_load_fails_no_request_and_each_follows_the_config_it_started_with(
@@ -197,8 +197,9 @@ async def test_reload_under_load_fails_no_request_and_each_follows_the_config_it
     failures: list[str] = []
     deadline = time.monotonic() + RELOAD_SECONDS
 
-    async def client(session: aiohttp.ClientSession, kinds: tuple[str, ...]) -> None:
+    async def client(session: aiohttp.ClientSession, kinds: tuple[str, ...], pause: float = 0.0) -> None:
         for i in range(100_000):
+            await asyncio.sleep(pause)  # the machine is shared: a steady stream, not a flood
             if time.monotonic() > deadline:
                 return
             kind = kinds[i % len(kinds)]
@@ -208,7 +209,7 @@ async def test_reload_under_load_fails_no_request_and_each_follows_the_config_it
                     req = session.options(setup.url + "/api/x", headers={
                         "Origin": ORIGIN, "Access-Control-Request-Method": "GET"})
                 else:
-                    path = "/slow?s=1" if kind == "slow" else "/api/x"
+                    path = "/slow?s=1.5" if kind == "slow" else "/api/x"
                     req = session.get(setup.url + path, headers={"Origin": ORIGIN})
                 async with req as resp:
                     await resp.read()
@@ -250,12 +251,13 @@ async def test_reload_under_load_fails_no_request_and_each_follows_the_config_it
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
         await until_up(admin, setup)
         deadline = time.monotonic() + RELOAD_SECONDS
-        await asyncio.gather(reloader(admin), client(pooled, ("fast", "slow", "preflight")),
-                             client(pooled, ("slow",)), client(fresh, ("fast", "preflight", "slow")))
+        await asyncio.gather(reloader(admin), client(pooled, ("fast", "preflight"), 0.005),
+                             client(fresh, ("fast", "preflight"), 0.01), client(pooled, ("slow",)),
+                             client(fresh, ("slow", "fast")))
         metrics = await scrape(admin, setup)
 
     assert failures == []
-    assert len(results) > 100
+    assert len(results) > 500
     valid_gens = sorted(sent)
     assert len(valid_gens) >= 8, "the test should have gone through several reloads"
 
