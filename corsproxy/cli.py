@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        print(f"{len(exc.issues)} error(s); nothing was started", file=sys.stderr)
+        print(f"{len(exc.issues)} error(s) in the config; fix them and run again", file=sys.stderr)
         return EXIT_CONFIG
 
 

@@ -71,7 +71,7 @@ def test_check_exits_2_naming_file_line_and_field(tmp_path: Path, rules: str, wh
     assert result.stdout == ""
     first, summary = result.stderr.splitlines()
     assert first.startswith(f"{path}:{where}: {field}: ")
-    assert summary == "1 error(s); nothing was started"
+    assert summary == "1 error(s) in the config; fix them and run again"
 
 
 def test_check_reports_every_error_at_once(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_check_reports_every_error_at_once(tmp_path: Path) -> None:
     assert [line.split(": ")[0:2] for line in lines[:-1]] == [
         [f"{path}:1:12", "upstream.url"], [f"{path}:3:5", "rules[0].allow_origins"], [f"{path}:4:5", "rules[0].bogus"],
     ]
-    assert lines[-1] == "3 error(s); nothing was started"
+    assert lines[-1] == "3 error(s) in the config; fix them and run again"
 
 
 def test_check_accepts_the_example_config(tmp_path: Path) -> None:
@@ -234,7 +234,7 @@ def test_serve_with_a_bad_port_flag_exits_2_before_binding(tmp_path: Path, confi
     result = run("serve", "-c", str(config_file), "--port", "70000", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["--port: expected a whole number from 0 to 65535, got 70000",
-                                          "1 error(s); nothing was started"]
+                                          "1 error(s) in the config; fix them and run again"]
 
 
 def test_version(tmp_path: Path) -> None:
