@@ -13,7 +13,9 @@ close those gaps:
 - a request body that sends nothing for ``body_timeout`` seconds while it is being read
   -> ``408`` and close (or a plain close if the response has started);
 - an HTTP/0.9 request, or an HTTP/1.0 one with ``Transfer-Encoding`` (RFC 9112 §6.1:
-  faulty framing) -> ``400`` and close, before any handler runs.
+  faulty framing) -> ``400`` and close, before any handler runs;
+- a request head over ``MAX_HEAD`` bytes in all (aiohttp bounds each line and the number
+  of headers, not their sum) -> ``431`` and close.
 
 Everything else that is malformed (request line, header syntax, lengths, duplicate or
 conflicting ``Content-Length``/``Transfer-Encoding``, chunk syntax, header count and size)
@@ -40,8 +42,10 @@ HEADER_TIMEOUT = 20.0  # seconds for a whole request head
 BODY_TIMEOUT = 30.0  # seconds without a byte while a request body is being read
 # aiohttp's limits, stated here so tests and docs can name them: 128 headers, 16 KiB a field
 # (app.py's handler_args), 8190 bytes a request line; past them aiohttp answers 400.
-TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+LINGER = 2.0  # seconds to drain a refused request's remaining bytes before closing
+MAX_HEAD = 64 * 1024  # bytes for a whole request head (Envoy's max_request_headers_kb is 60)
+CLOSING_RESPONSE = (
+    b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
 )
 
@@ -49,7 +53,8 @@ TIMEOUT_RESPONSE = (
 class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
-    __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet")
+    __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
+                 "_head_bytes")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -59,6 +64,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._body_timer: asyncio.TimerHandle | None = None
         self._last_rx = 0.0
         self._quiet = False
+        self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -74,10 +80,19 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._last_rx = self._loop.time()
         before = len(self._messages)
         idle = self._waiter is not None and not self._waiter.done()
+        in_head = self._header_timer is not None or idle
+        if in_head:
+            self._head_bytes = self._head_bytes + len(data) if self._header_timer is not None else len(data)
         super().data_received(data)
         if len(self._messages) > before:
             self._cancel(header=True)
             self._check_new(before)
+        elif in_head and self._head_bytes > MAX_HEAD and not self._force_close and self.transport is not None:
+            # aiohttp bounds each header line and the count, not the sum: 127 x 16 KiB would pass.
+            self._cancel(header=True)
+            log.warning("closing connection from %s: request head over %d bytes (431)", _peer(self), MAX_HEAD)
+            self._send_and_close(b"431 Request Header Fields Too Large", f"request head over {MAX_HEAD} bytes",
+                                 linger=True)
         elif idle and self._header_timer is None and not self._force_close:
             self._arm_header_timer()  # first bytes of the next keep-alive request
 
@@ -86,10 +101,10 @@ class GuardedHandler(web_protocol.RequestHandler):
             msg, payload = self._messages[i]
             if not isinstance(msg, RawRequestMessage):
                 continue
-            problem = _framing_problem(msg)
+            status, problem = _framing_problem(msg)
             if problem is not None:
-                # Handled like any other parse error: aiohttp's 400 and a closed connection.
-                self._messages[i] = (web_protocol._ErrInfo(400, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
+                # Handled like any other parse error: aiohttp's error response and a closed connection.
+                self._messages[i] = (web_protocol._ErrInfo(status, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
             elif payload is not EMPTY_PAYLOAD and not payload.is_eof() and self._body_timer is None:
                 self._body_timer = self._loop.call_later(self._body_timeout, self._check_body, payload)
 
@@ -132,7 +147,7 @@ class GuardedHandler(web_protocol.RequestHandler):
             return  # a request is queued or running: its head is complete
         log.warning("closing connection from %s: request head not complete within %ss (408)",
                     _peer(self), self._header_timeout)
-        self._send_408("request head not received in time")
+        self._send_and_close(b"408 Request Timeout", "request head not received in time")
 
     def _check_body(self, payload: StreamReader) -> None:
         self._body_timer = None
@@ -153,21 +168,33 @@ class GuardedHandler(web_protocol.RequestHandler):
         if started:
             self.force_close()
         else:
-            self._send_408("request body stalled")
+            self._send_and_close(b"408 Request Timeout", "request body stalled")
 
-    def _send_408(self, reason: str) -> None:
+    def _send_and_close(self, status: bytes, reason: str, *, linger: bool = False) -> None:
         body = (reason + "\n").encode()
-        assert self.transport is not None
-        self.transport.write(TIMEOUT_RESPONSE % (len(body), body))
-        self.force_close()  # transport.close() flushes the 408 first
+        transport = self.transport
+        assert transport is not None
+        transport.write(CLOSING_RESPONSE % (status, len(body), body))
+        if not linger:
+            self.force_close()  # transport.close() flushes the answer first
+            return
+        # The client is still sending: closing now would reset the connection and could destroy
+        # the answer in its receive buffer. Half-close, drop what comes, close a moment later.
+        self.close()
+        self._force_close = True  # data_received ignores the rest
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER, transport.close)
 
 
-def _framing_problem(msg: RawRequestMessage) -> str | None:
+def _framing_problem(msg: RawRequestMessage) -> tuple[int, str | None]:
     if msg.version < HttpVersion10:
-        return "HTTP/0.9 request (no HTTP version in the request line) is not supported"
+        return 400, "HTTP/0.9 request (no HTTP version in the request line) is not supported"
     if msg.version == HttpVersion10 and "Transfer-Encoding" in msg.headers:
-        return "Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 section 6.1)"
-    return None
+        return 400, "Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 section 6.1)"
+    if len(msg.path) + sum(len(name) + len(value) + 4 for name, value in msg.raw_headers) > MAX_HEAD:
+        return 431, f"request head over {MAX_HEAD} bytes"
+    return 400, None
 
 
 def _summary(exc: HttpProcessingError) -> str:
