@@ -252,12 +252,18 @@ async def test_chunked_body_that_stalls_gets_408_and_the_upstream_never_gets_it_
     await assert_still_serving(served.url)
 
 
+async def slowloris(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection holding half a request head (written at once, so no timeout fires before it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/x HTTP/1.1\r\nHost: proxy\r\nX-Slow: ")
+    await writer.drain()
+    return reader, writer
+
+
 async def test_200_slowloris_connections_do_not_stop_a_normal_client_and_all_get_closed(served: Served) -> None:
     await assert_still_serving(served.url)  # warm: the proxy's pooled upstream connection is open
     before = open_fds()
-    conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", served.port) for _ in range(200)))
-    for _, writer in conns:
-        writer.write(b"GET /api/x HTTP/1.1\r\nHost: proxy\r\nX-Slow: ")
+    conns = await asyncio.gather(*(slowloris(served.port) for _ in range(200)))
     await asyncio.sleep(0.1)
     latencies = []
     for _ in range(5):
@@ -283,9 +289,7 @@ async def test_corsproxy_serve_process_is_guarded_too(tmp_path: Path, recorder: 
         assert status_of(response) == 400 and response.closed
         await assert_still_serving(url)
         before = open_fds(process.pid)
-        conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(200)))
-        for _, writer in conns:
-            writer.write(b"GET /api/x HTTP/1.1\r\nHost: proxy\r\nX-Slow: ")
+        conns = await asyncio.gather(*(slowloris(port) for _ in range(200)))
         for _ in range(50):  # they are all held open by the proxy (bounded wait for the accepts)
             if open_fds(process.pid) >= before + 200:
                 break
