@@ -11,6 +11,7 @@ from .config import Config
 from .proxy import (
     LIVE_KEY,
     OBSERVERS_KEY,
+    POOLS_KEY,
     SESSION_KEY,
     STARTED_KEY,
     Live,
@@ -30,6 +31,7 @@ def build_app(config: Config, *, observers: Iterable[Observer] = (),
     app[LIVE_KEY] = Live(Snapshot.build(config))
     app[OBSERVERS_KEY] = list(observers)
     app[STARTED_KEY] = list(started)
+    app[POOLS_KEY] = {}
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(keep_untyped)
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -37,8 +39,9 @@ def build_app(config: Config, *, observers: Iterable[Observer] = (),
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
-    # One pool for the process (aiohttp docs, "Persistent session"). Upstream TLS and pool
-    # settings are read here, so they change on restart, not on reload.
+    # HTTP goes through upstream.Pool (made on first use, closed here); aiohttp's session carries
+    # WebSockets only. Upstream TLS and pool settings are read when a pool is made, so they change
+    # on restart, or on a reload to another upstream.
     config = app[LIVE_KEY].current.config
     connector = aiohttp.TCPConnector(
         limit=config.upstream.max_connections, ssl=client_ssl(config), enable_cleanup_closed=False
@@ -51,7 +54,11 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         read_bufsize=2**16,
     ) as session:
         app[SESSION_KEY] = session
-        yield
+        try:
+            yield
+        finally:
+            for pool in app[POOLS_KEY].values():
+                await pool.close()
 
 
 def reload(app: web.Application, config: Config) -> None:

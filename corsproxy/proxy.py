@@ -1,14 +1,13 @@
 """The request handler: decide with :mod:`policy`, answer or forward with bodies streamed.
 
-Errors we map (one place, :func:`upstream_error`): connect failures and DNS -> 502,
-timeouts -> 504, malformed or dropped upstream responses before headers -> 502, a refused
-WebSocket handshake -> 502, and a streamed request body passing ``max_body_size`` -> 413
-(:class:`BodyTooLarge` raised in our body generator; aiohttp's client wraps it in a
-``ClientConnectionError`` whose ``__cause__`` it is, and drops the upstream connection).
-After the response has started, an upstream failure (or a client write that fails)
-aborts the client connection; aiohttp then logs the premature close at debug level only.
-A client that goes away cancels the handler (``handler_cancellation``), and so the upstream
-request. Everything else reaches aiohttp's 500.
+HTTP requests go upstream through :mod:`upstream` (a lean keep-alive pool); WebSockets through
+aiohttp's client. Errors we map (one place, :func:`upstream_error`): connect failures and DNS ->
+502, timeouts -> 504, malformed or dropped upstream responses before headers -> 502, a refused
+WebSocket handshake -> 502, and a request body that passes ``max_body_size`` or breaks its
+framing -> 413 / 400 (:class:`RequestBodyError`, raised in our body generator and passed through
+by the pool). After the response has started, an upstream failure (or a client write that
+fails) aborts the client connection. A client that goes away cancels the handler
+(``handler_cancellation``), and so the upstream request. Everything else reaches aiohttp's 500.
 """
 
 from __future__ import annotations
@@ -28,16 +27,15 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import Config, IPNetwork
-from .headers import hop_by_hop, rewrite_location
+from .headers import HOP_BY_HOP, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
 from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
+from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("corsproxy")
 
 VIA = "1.1 corsproxy"
 DECISION_HEADER = "CORS-Decision"
-# Headers aiohttp's client would otherwise add on its own; a proxy sends what the client sent.
-SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 WS_HANDSHAKE_HEADERS = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
@@ -45,7 +43,6 @@ NO_BODY_STATUSES = frozenset({204, 304})
 # Request headers this hop has already answered: aiohttp's server sent the client its "100 Continue", and
 # passing Expect on would stall the body behind an upstream that never sends one (lowercase).
 PROXY_ANSWERED = frozenset({"expect"})
-CLIENT_FAULTS = frozenset({400, 413})  # statuses upstream_error() gives a request body the client got wrong
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +53,9 @@ class Snapshot:
     policy: Policy
     upstream: URL
     upstream_base: str  # "http://host:port/base" without a trailing slash
+    upstream_path: str  # "/base" (raw, without a trailing slash), prefixed to every request target
     upstream_host: str  # Host header value for host_header: upstream
-    timeout: aiohttp.ClientTimeout
+    timeout: aiohttp.ClientTimeout  # for WebSockets, which go through aiohttp's client
 
     @classmethod
     def build(cls, config: Config) -> Snapshot:
@@ -70,6 +68,7 @@ class Snapshot:
             policy=Policy.from_config(config),
             upstream=up,
             upstream_base=config.upstream.url.rstrip("/"),
+            upstream_path=up.raw_path.rstrip("/"),
             upstream_host=host,
             timeout=aiohttp.ClientTimeout(
                 total=None,
@@ -119,7 +118,8 @@ class Exchange:
 Observer = Callable[[Exchange], None]
 
 LIVE_KEY = web.AppKey("live", Live)
-SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)
+SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)  # WebSockets only
+POOLS_KEY = web.AppKey("pools", dict)  # (scheme, host, port, tls settings) -> upstream.Pool
 OBSERVERS_KEY = web.AppKey("observers", list[Observer])
 # Told when a request starts (after the decision), before its observers are told it finished.
 STARTED_KEY = web.AppKey("started", list[Observer])
@@ -215,25 +215,28 @@ def upstream_url(snap: Snapshot, request: web.Request) -> URL:
     return URL(snap.upstream_base + request.raw_path, encoded=True)
 
 
-def upstream_headers(snap: Snapshot, request: web.Request) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop ones, with Host, Via and X-Forwarded-* set."""
-    drop = hop_by_hop(request.headers.getall("Connection", ())) | PROXY_ANSWERED
-    out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+def upstream_headers(snap: Snapshot, request: web.Request, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """The client's headers minus hop-by-hop ones (and ``drop``), with Host, Via and X-Forwarded-* set."""
+    headers = request.headers
+    drop = (hop_by_hop(headers.getall("Connection")) if "Connection" in headers else HOP_BY_HOP) | drop | PROXY_ANSWERED
     up = snap.config.upstream
-    if up.host_header == "upstream":
-        out["Host"] = snap.upstream_host
+    own = {"host", "via", "x-forwarded-for"} if up.forwarded_headers else {"host", "via"}
+    trusted = up.forwarded_headers and snap.trusts(request.remote)
+    if up.forwarded_headers and not trusted:
+        own |= {"x-forwarded-proto", "x-forwarded-host"}  # SECURITY: only a trusted proxy may say these
+    out = [(k, v) for k, v in headers.items() if (lower := k.lower()) not in drop and lower not in own]
+    host = headers.get("Host") if up.host_header == "preserve" else None
+    out.append(("Host", host or snap.upstream_host))
     # Appended, never merged: a second corsproxy in a chain is a second hop (RFC 9110 §7.6.3).
-    out["Via"] = ", ".join([*out.popall("Via", []), VIA])
+    out.append(("Via", ", ".join([*headers.getall("Via", ()), VIA])))
     if up.forwarded_headers:
         remote = request.remote or ""
-        prior = ", ".join(out.getall("X-Forwarded-For", []))
-        out["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
-        trusted = snap.trusts(request.remote)
-        # SECURITY: only a trusted proxy in front of us may say what the client used.
-        if not trusted or "X-Forwarded-Proto" not in out:
-            out["X-Forwarded-Proto"] = request.scheme
-        if not trusted or "X-Forwarded-Host" not in out:
-            out["X-Forwarded-Host"] = request.host
+        prior = ", ".join(headers.getall("X-Forwarded-For", ()))
+        out.append(("X-Forwarded-For", f"{prior}, {remote}" if prior else remote))
+        if not trusted or "X-Forwarded-Proto" not in headers:
+            out.append(("X-Forwarded-Proto", request.scheme))
+        if not trusted or "X-Forwarded-Host" not in headers:
+            out.append(("X-Forwarded-Host", request.host))
     return out
 
 
@@ -252,7 +255,6 @@ class _Upload:
     request: web.Request
     limit: int | None
     ex: Exchange
-    response: aiohttp.ClientResponse | None = None  # set once the upstream has answered
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -261,22 +263,8 @@ class _Upload:
                 if self.limit is not None and self.ex.bytes_in > self.limit:
                     raise BodyTooLarge(_over_limit(self.limit))
                 yield chunk
-        except BodyTooLarge as exc:
-            self._fail_response(exc)
-            raise
         except HttpProcessingError as exc:  # malformed chunked framing, from aiohttp's server parser
-            error = RequestBodyError(f"malformed request body: {exc}")
-            self._fail_response(error)
-            raise error from exc
-
-    def _fail_response(self, cause: Exception) -> None:
-        # aiohttp hands a body-generator failure to a response not yet received (ClientConnectionError,
-        # cause kept) but not to one already streaming, whose reader would wait for the upstream's
-        # next byte: tell that reader, so the relay stops and the client connection is closed.
-        if self.response is not None:
-            error = aiohttp.ClientPayloadError(f"request body failed: {_describe(cause)}")
-            error.__cause__ = cause
-            self.response.content.set_exception(error)
+            raise RequestBodyError(f"malformed request body: {exc}") from exc
 
 
 def _over_limit(limit: int | None) -> str:
@@ -287,35 +275,48 @@ def _too_large(request: web.Request, limit: int | None) -> bool:
     return limit is not None and request.content_length is not None and request.content_length > limit
 
 
+def pool_for(app: web.Application, snap: Snapshot) -> Pool:
+    """The keep-alive pool for the snapshot's upstream (a reload to another upstream gets its own)."""
+    up = snap.config.upstream
+    key = (snap.upstream.scheme, snap.upstream.raw_host, snap.upstream.port, up.tls_verify, up.ca_file)
+    pools = app[POOLS_KEY]
+    pool = pools.get(key)
+    if pool is None:
+        tls = pool_ssl(snap.config) if snap.upstream.scheme == "https" else None
+        pool = pools[key] = Pool(
+            snap.upstream.raw_host or "", snap.upstream.port or 80, ssl_context=tls,
+            server_hostname=snap.upstream.raw_host, limit=up.max_connections,
+            connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
+        )
+    return pool
+
+
 async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.StreamResponse:
     limit = snap.config.limits.max_body_size
     if _too_large(request, limit):
         return _done(request, ex, _error(snap, ex.decision, 413, _over_limit(limit)))
-    session = request.app[SESSION_KEY]
-    upload = _Upload(request, limit, ex)
+    has_body = request.body_exists
+    body = _Upload(request, limit, ex).chunks() if has_body else None
     try:
-        async with session.request(
-            request.method,
-            upstream_url(snap, request),
-            headers=upstream_headers(snap, request),
-            data=upload.chunks() if request.body_exists else None,
-            allow_redirects=False,
-            timeout=snap.timeout,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-        ) as upstream:
-            upload.response = upstream
-            return await _relay(request, snap, ex, upstream)
-    except aiohttp.ClientError as exc:
+        upstream = await pool_for(request.app, snap).request(
+            request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), body,
+            chunked=has_body and request.content_length is None,
+        )
+    except (UpstreamError, RequestBodyError) as exc:
         return _done(request, ex, _failed(request, snap, ex, exc))
+    try:
+        return await _relay(request, snap, ex, upstream)
+    finally:
+        upstream.release()
 
 
-def _failed(request: web.Request, snap: Snapshot, ex: Exchange, exc: aiohttp.ClientError) -> web.Response:
+def _failed(request: web.Request, snap: Snapshot, ex: Exchange, exc: Exception) -> web.Response:
     """The response for a request that failed before any of the upstream's response was relayed."""
     status, kind = upstream_error(exc)
     if status == 413:  # the client's fault, not the upstream's: no upstream_error
         message = _over_limit(snap.config.limits.max_body_size)
     elif status == 400:
-        message = f"request body: {_describe(exc.__cause__ or exc)}"
+        message = f"request body: {_describe(exc)}"
     else:
         ex.upstream_error = kind
         message = f"upstream {kind}: {_describe(exc)}"
@@ -339,10 +340,8 @@ async def keep_untyped(request: web.Request, response: web.StreamResponse) -> No
         response.headers.popall("Content-Type", None)
 
 
-async def _relay(request: web.Request, snap: Snapshot, ex: Exchange,
-                 upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
     resp = RelayedResponse(status=upstream.status, reason=upstream.reason)
-    resp.untyped = "Content-Type" not in upstream.headers
     _copy_response_headers(request, snap, ex, upstream, resp)
     ex.status = upstream.status
     try:
@@ -357,7 +356,7 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange,
     return resp  # aiohttp's own write_eof then meets a closed transport: logged at debug, no traceback
 
 
-async def _stream_body(request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse,
+async def _stream_body(request: web.Request, ex: Exchange, upstream: UpstreamResponse,
                        resp: web.StreamResponse) -> bool:
     """Relay the upstream's body; False when it broke off (then the client connection must be aborted)."""
     while chunk := await _read_upstream(request, ex, upstream):
@@ -366,28 +365,29 @@ async def _stream_body(request: web.Request, ex: Exchange, upstream: aiohttp.Cli
     return chunk is not None
 
 
-def _copy_response_headers(request: web.Request, snap: Snapshot, ex: Exchange, upstream: aiohttp.ClientResponse,
-                           resp: web.StreamResponse) -> None:
-    drop = hop_by_hop(upstream.headers.getall("Connection", ()))
+def _copy_response_headers(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse,
+                           resp: RelayedResponse) -> None:
+    raw = upstream.headers
+    names = {name.lower() for name, _ in raw}
+    drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
     headers = resp.headers
-    for name, value in upstream.headers.items():
-        if name.lower() not in drop:
-            headers.add(name, value)
-    if snap.config.upstream.rewrite_location:
+    headers.extend([(name, value) for name, value in raw if name.lower() not in drop])
+    resp.untyped = "content-type" not in names
+    if snap.config.upstream.rewrite_location and ("location" in names or "content-location" in names):
         _rewrite_locations(snap, request, headers)
     finish(ex.decision, headers)
     _debug_header(snap, ex.decision, resp)
 
 
-async def _read_upstream(request: web.Request, ex: Exchange, upstream: aiohttp.ClientResponse) -> bytes | None:
+async def _read_upstream(request: web.Request, ex: Exchange, upstream: UpstreamResponse) -> bytes | None:
     """The next chunk of the upstream's body: b"" at its end, None when the exchange broke off."""
     try:
-        return await upstream.content.readany()
-    except aiohttp.ClientError as exc:  # payload errors, resets and the read timeout (ServerTimeoutError)
-        if upstream_error(exc)[0] in CLIENT_FAULTS:  # the request body failed after the response began
-            log.warning("request body for %s %s failed after the response started (%s); closing the client "
-                        "connection", request.method, request.raw_path, _describe(exc))
-            return None
+        return await upstream.read()
+    except RequestBodyError as exc:  # the request body failed after the response began
+        log.warning("request body for %s %s failed after the response started (%s); closing the client "
+                    "connection", request.method, request.raw_path, _describe(exc))
+        return None
+    except UpstreamError as exc:  # resets, malformed framing and the read timeout
         ex.upstream_error = "aborted"
         log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
                     request.method, request.raw_path, _describe(exc))
@@ -409,12 +409,11 @@ def _rewrite_locations(snap: Snapshot, request: web.Request, headers: CIMultiDic
                 headers[name] = new
 
 
-def upstream_error(exc: aiohttp.ClientError) -> tuple[int, str]:
-    """Map a client error before the response started to (status, kind): the one place errors get a status."""
-    # aiohttp wraps what the request-body generator (_Upload) raises in a ClientConnectionError, cause kept;
-    # only our own RequestBodyError counts: a malformed upstream response has an HttpProcessingError cause.
-    if isinstance(exc.__cause__, RequestBodyError):
-        return exc.__cause__.status, exc.__cause__.kind
+def upstream_error(exc: BaseException) -> tuple[int, str]:
+    """Map a failure before the response started to (status, kind): the one place errors get a status."""
+    if isinstance(exc, RequestBodyError | UpstreamError):
+        return exc.status, exc.kind
+    # WebSockets go through aiohttp's client.
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return 504, "timeout"
     if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
@@ -447,10 +446,7 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
                                headers={"Vary": "Origin"})
         _debug_header(snap, ex.decision, refused)
         return _done(request, ex, refused)
-    headers = upstream_headers(snap, request)
-    for name in list(headers):
-        if name.lower() in WS_HANDSHAKE_HEADERS:
-            headers.popall(name, None)
+    headers = CIMultiDict(upstream_headers(snap, request, WS_HANDSHAKE_HEADERS))
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
         upstream = await request.app[SESSION_KEY].ws_connect(
@@ -528,6 +524,18 @@ def _close_frame(msg: aiohttp.WSMessage, lost: int) -> tuple[int, bytes]:
     if code in WS_UNSENDABLE:
         return lost, b""
     return code, (msg.extra or "").encode()
+
+
+def pool_ssl(config: Config) -> ssl.SSLContext:
+    """The TLS context for an https upstream: verified (system CAs or ca_file), or not at all."""
+    setting = client_ssl(config)
+    if isinstance(setting, ssl.SSLContext):
+        return setting
+    ctx = ssl.create_default_context()
+    if setting is False:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def client_ssl(config: Config) -> ssl.SSLContext | bool:

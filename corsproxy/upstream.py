@@ -60,6 +60,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
         self._head_only = False
+        self._until_close = False  # a body with neither Content-Length nor chunked framing ends at EOF
         self.keep_alive = True
         self._parser: httptools.HttpResponseParser | None = None
 
@@ -82,7 +83,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
-        if not self._complete and (self._head is not None):
+        if self._until_close and exc is None and self._head is not None and self._head.done():
+            self.on_message_complete()  # RFC 9112 §6.3 rule 8: the body was everything up to the close
+        elif not self._complete and self._head is not None:
             self._fail(UpstreamError("reset", "the upstream closed the connection" + (f": {exc}" if exc else "")))
         self._wake_drain()
 
@@ -99,7 +102,8 @@ class Connection(asyncio.Protocol):
         self._reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # As aiohttp decodes them, so that non-ASCII bytes pass through the server's writer unchanged.
+        self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
@@ -109,6 +113,8 @@ class Connection(asyncio.Protocol):
             return
         self._status = status
         self.keep_alive = self._parser.should_keep_alive()
+        self._until_close = not self.keep_alive and not any(
+            name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         if self._head_only or status in NO_BODY_STATUSES:
@@ -139,6 +145,7 @@ class Connection(asyncio.Protocol):
         self._complete = False
         self._exc = None
         self._head_only = head_only
+        self._until_close = False
         self._head = self.loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._last_data = self.loop.time()
@@ -245,7 +252,7 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
-                      body: AsyncIterable[bytes] | None, chunked: bool) -> Response:
+                      body: AsyncIterable[bytes] | None, chunked: bool) -> UpstreamResponse:
         """Send a request; returns once the response head is in. The caller must ``release``."""
         head = _encode_head(method, target, headers, chunked)
         for attempt in (0, 1):
@@ -256,7 +263,7 @@ class Pool:
             except UpstreamError:
                 self._discard(conn)
                 continue
-            exchange = Response(self, conn, body, chunked)
+            exchange = UpstreamResponse(self, conn, body, chunked)
             try:
                 await exchange.wait_head()
             except UpstreamError as exc:
@@ -295,7 +302,12 @@ class Pool:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
+                # Long streams (SSE) can hold every connection: bound the wait like a connect.
+                async with asyncio.timeout(self.connect_timeout):
+                    await waiter
+            except TimeoutError:
+                raise UpstreamError("timeout", f"no free upstream connection within {self.connect_timeout:g}s "
+                                               f"(all {self.limit} of upstream.max_connections busy)") from None
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -345,7 +357,7 @@ class Pool:
                 return
 
 
-class Response:
+class UpstreamResponse:
     """One request/response on a pooled connection: the head, then the body as it arrives."""
 
     def __init__(self, pool: Pool, conn: Connection, body: AsyncIterable[bytes] | None, chunked: bool) -> None:
