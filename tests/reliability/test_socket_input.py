@@ -288,6 +288,7 @@ async def test_corsproxy_serve_process_is_guarded_too(tmp_path: Path, recorder: 
         response = await raw_exchange(port, b"GET /api/x\r\n\r\n")
         assert status_of(response) == 400 and response.closed
         await assert_still_serving(url)
+        await asyncio.sleep(0.3)  # the proxy has seen that client close
         before = open_fds(process.pid)
         conns = await asyncio.gather(*(slowloris(port) for _ in range(200)))
         for _ in range(50):  # they are all held open by the proxy (bounded wait for the accepts)
