@@ -344,10 +344,18 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
     resp = RelayedResponse(status=upstream.status, reason=upstream.reason)
     _copy_response_headers(request, snap, ex, upstream, resp)
     ex.status = upstream.status
+    has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
+    whole = upstream.whole_body() if has_body else b""
     try:
+        if whole is not None:
+            # All of it is here already: head and body leave in one write (aiohttp's opt-in buffering).
+            resp._send_headers_immediately = False
+            ex.bytes_out += len(whole)
+            await resp.prepare(request)
+            await resp.write_eof(whole)
+            return resp
         await resp.prepare(request)
-        body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
-        if not body or await _stream_body(request, ex, upstream, resp):
+        if await _stream_body(request, ex, upstream, resp):
             await resp.write_eof()
             return resp
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)

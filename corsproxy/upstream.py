@@ -175,6 +175,15 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    def whole_body(self) -> bytes | None:
+        """The entire body when it has already arrived (typical for small responses), else None."""
+        if not self._complete or self._exc is not None:
+            return None
+        data = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        return data
+
     @property
     def reusable(self) -> bool:
         return self._complete and self.keep_alive and not self.closed and self._exc is None
@@ -377,6 +386,9 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         return await self.conn.read()
+
+    def whole_body(self) -> bytes | None:
+        return self.conn.whole_body()
 
     async def _send(self, body: AsyncIterable[bytes], chunked: bool) -> None:
         conn = self.conn
