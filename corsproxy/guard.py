@@ -1,4 +1,4 @@
-"""Socket-level hardening aiohttp's server lacks: header and body read timeouts, no HTTP/0.9.
+"""Socket-level hardening aiohttp's server lacks: read timeouts, a head size cap, no HTTP/0.9.
 
 aiohttp's ``RequestHandler`` waits for a request's headers for as long as its keep-alive
 timer allows (an hour by default), so a client trickling one header byte at a time
@@ -40,10 +40,10 @@ log = logging.getLogger("corsproxy")
 
 HEADER_TIMEOUT = 20.0  # seconds for a whole request head
 BODY_TIMEOUT = 30.0  # seconds without a byte while a request body is being read
-# aiohttp's limits, stated here so tests and docs can name them: 128 headers, 16 KiB a field
-# (app.py's handler_args), 8190 bytes a request line; past them aiohttp answers 400.
+# Bytes for a whole request head (Envoy's max_request_headers_kb is 60). Within it aiohttp's
+# own limits apply: 128 headers, 16 KiB a field (app.py's handler_args), 8190 bytes a request line.
+MAX_HEAD = 64 * 1024
 LINGER = 2.0  # seconds to drain a refused request's remaining bytes before closing
-MAX_HEAD = 64 * 1024  # bytes for a whole request head (Envoy's max_request_headers_kb is 60)
 CLOSING_RESPONSE = (
     b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
