@@ -19,4 +19,4 @@ def test_five_second_soak_of_mixed_traffic_loses_nothing_and_leaks_no_fd() -> No
     assert report["denied_on_purpose"]["rejected_post"] == report["by_kind"]["rejected_post"]
     assert report["denied_reached_upstream"] == 0
     assert report["hashes_checked"] >= report["by_kind"]["get"] + report["by_kind"]["post"]
-    assert report["fds"]["idle_end"] == report["fds"]["start"]
+    assert report["fds"]["idle_end"] <= report["fds"]["start"]
