@@ -23,6 +23,7 @@ from collections.abc import AsyncIterable
 import httptools
 
 READ_HIGH_WATER = 2**18  # buffered body bytes before we stop reading from the upstream
+MAX_HEAD = 64 * 1024  # bytes of response head we hold; more is a broken (or hostile) upstream -> 502
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -60,6 +61,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
         self._head_only = False
+        self._head_bytes = 0
         self._until_close = False  # a body with neither Content-Length nor chunked framing ends at EOF
         self.keep_alive = True
         self._parser: httptools.HttpResponseParser | None = None
@@ -78,7 +80,9 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("protocol", f"malformed HTTP from the upstream: {exc}"))
+            cause = exc.__cause__ or exc.__context__ or exc  # our own callbacks' reason, when they raised
+            self._fail(UpstreamError("protocol", f"malformed HTTP from the upstream: {cause}"))
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -102,6 +106,9 @@ class Connection(asyncio.Protocol):
         self._reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD:
+            raise httptools.HttpParserError(f"response head over {MAX_HEAD} bytes")
         # As aiohttp decodes them, so that non-ASCII bytes pass through the server's writer unchanged.
         self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
 
@@ -140,6 +147,7 @@ class Connection(asyncio.Protocol):
 
     def start(self, head_only: bool) -> None:
         self._status, self._reason, self._headers = 0, "", []
+        self._head_bytes = 0
         self._body.clear()
         self._buffered = 0
         self._complete = False

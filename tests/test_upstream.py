@@ -128,3 +128,22 @@ async def test_malformed_response_and_stale_keep_alive():
     await pool.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_a_response_head_over_the_cap_is_a_protocol_error():
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = Pool("127.0.0.1", server.sockets[0].getsockname()[1], ssl_context=None, server_hostname=None, limit=1,
+                connect_timeout=1, read_timeout=2)
+    with pytest.raises(UpstreamError) as big:
+        await pool.request("GET", "/", [("Host", "x")], None, False)
+    assert big.value.kind == "protocol" and "over 65536 bytes" in str(big.value)
+    assert pool._count == 0
+    await pool.close()
+    server.close()
+    await server.wait_closed()
