@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/policy_micro.py
 
-Prints microseconds per call for a preflight and an actual request, best of 5 timing runs.
+Prints microseconds per call of decide() alone (the target) and of the whole per-request policy
+work around it (reading the headers, and finish() on a response), best of 5 timing runs.
 Pure function calls, no I/O.
 """
 
@@ -46,18 +47,22 @@ def main() -> None:
                                "Access-Control-Request-Headers": "content-type, authorization"})
     get_headers = CIMultiDict({"Origin": "https://app.example.com"})
     n = 20_000
-
-    def preflight() -> None:
-        decide(policy, CorsRequest.from_headers("OPTIONS", "/api/items/7", pre_headers))
-
-    def actual() -> None:
-        decision = decide(policy, CorsRequest.from_headers("GET", "/api/items/7", get_headers))
-        finish(decision, CIMultiDict({"Content-Type": "application/json", "Vary": "Accept-Encoding"}))
-
-    for name, fn in (("preflight decision", preflight), ("actual decision + finish", actual)):
-        assert decide(policy, CorsRequest.from_headers("OPTIONS", "/api/items/7", pre_headers)).verdict == "allowed"
+    pre = CorsRequest.from_headers("OPTIONS", "/api/items/7", pre_headers)
+    get = CorsRequest.from_headers("GET", "/api/items/7", get_headers)
+    assert decide(policy, pre).verdict == "allowed" and decide(policy, get).verdict == "allowed"
+    cases = {
+        "decide(): preflight": lambda: decide(policy, pre),
+        "decide(): actual": lambda: decide(policy, get),
+        "headers -> decide(): preflight": lambda: decide(policy, CorsRequest.from_headers(
+            "OPTIONS", "/api/items/7", pre_headers)),
+        "headers -> decide() + finish(): GET": lambda: finish(
+            decide(policy, CorsRequest.from_headers("GET", "/api/items/7", get_headers)),
+            CIMultiDict({"Content-Type": "application/json", "Vary": "Accept-Encoding"})),
+    }
+    print("20 rules, the last one matching; best of 5 runs; target: decide() <= 3 us")
+    for name, fn in cases.items():
         best = min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
-        print(f"{name:28s} {best:6.2f} us/call  (20 rules, the last matching; target <= 3 us)")
+        print(f"  {name:38s} {best:5.2f} us/call")
 
 
 if __name__ == "__main__":

@@ -111,9 +111,9 @@ class Policy:
         return self.rules[int(m.lastgroup[1:])] if m is not None and m.lastgroup else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made and dropped per request: a frozen __init__ costs twice as much
 class CorsRequest:
-    """What a decision needs of a request."""
+    """What a decision needs of a request (treat as read-only)."""
 
     method: str
     path: str  # decoded (paths.decode_path)
@@ -154,7 +154,7 @@ class CorsRequest:
         return value if value == "null" or parse_origin(value) is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per request, like CorsRequest; treat as read-only
 class Decision:
     """A verdict and what to do about it.
 
@@ -200,16 +200,17 @@ def decide(policy: Policy, request: CorsRequest) -> Decision:
         return NO_RULE
     if not request.origins:
         decision = Decision("no-origin", "none", "no Origin header: not a CORS request", compiled)
+    elif request.is_preflight:
+        decision = _preflight(compiled, request, request.origin)
     else:
-        decision = _preflight(compiled, request) if request.is_preflight else _actual(compiled, request)
+        decision = _actual(compiled, request, request.origin)
     if compiled.rule.mode == "report-only":
         # Decide and log as usual, change nothing (design §5): not even the Vary a no-Origin request gets.
         return Decision(decision.kind, decision.verdict, decision.detail, compiled, decision.origin, enforce=False)
     return decision
 
 
-def _origin_denial(compiled: CompiledRule, request: CorsRequest) -> str | None:
-    origin = request.origin
+def _origin_denial(compiled: CompiledRule, request: CorsRequest, origin: str | None) -> str | None:
     if origin is None:
         if len(request.origins) > 1:
             return "Origin header sent more than once"
@@ -219,28 +220,20 @@ def _origin_denial(compiled: CompiledRule, request: CorsRequest) -> str | None:
     return None
 
 
-def _preflight(compiled: CompiledRule, request: CorsRequest) -> Decision:
+def _preflight(compiled: CompiledRule, request: CorsRequest, origin: str | None) -> Decision:
     rule = compiled.rule
-    why = _origin_denial(compiled, request)
-    verdict: Verdict = "denied:origin"
     method = request.request_method or ""
-    names = split_tokens(request.request_headers)
-    if why is None and compiled.methods is not None and method not in compiled.methods:
-        # Compared exactly, as browsers do: "patch" is not "PATCH" (Fetch "CORS-preflight fetch" step 7).
-        verdict, why = "denied:method", f"method {method} not in allow_methods"
-    if why is None and not TOKEN_RE.fullmatch(method):
-        verdict, why = "denied:method", f"method {method!r} is not a valid method name"
+    names = split_tokens(request.request_headers) if request.request_headers else []
+    verdict: Verdict = "denied:origin"
+    why = _origin_denial(compiled, request, origin)
     if why is None:
-        bad = [n for n in names if not TOKEN_RE.fullmatch(n) or (compiled.headers is not None
-                                                                   and n.lower() not in compiled.headers)]
-        if bad:
-            verdict, why = "denied:header", f"{', '.join(bad)} not in allow_headers"
+        verdict, why = _request_denial(compiled, method, names)
     if why is None and request.private_network and not rule.allow_private_network:
         verdict, why = "denied:private-network", "private network access not allowed (allow_private_network)"
     vary = (("Vary", ", ".join(PREFLIGHT_VARY)),)
     if why is not None:
         status = 403 if rule.denied_preflight == "reject" else None
-        return Decision("preflight", verdict, why, compiled, request.origin, status, vary)
+        return Decision("preflight", verdict, why, compiled, origin, status, vary)
     headers = [(ACAO, "*" if compiled.star else request.origins[0]), *compiled.preflight_headers]
     if compiled.methods is None:
         headers.append((ACAM, method))
@@ -249,15 +242,33 @@ def _preflight(compiled: CompiledRule, request: CorsRequest) -> Decision:
     if request.private_network:
         headers.append((ACAPN, "true"))
     headers.extend(vary)
-    return Decision("preflight", "allowed", "preflight allowed", compiled, request.origin, 204, tuple(headers))
+    return Decision("preflight", "allowed", "preflight allowed", compiled, origin, 204, tuple(headers))
 
 
-def _actual(compiled: CompiledRule, request: CorsRequest) -> Decision:
+def _request_denial(compiled: CompiledRule, method: str, names: list[str]) -> tuple[Verdict, str | None]:
+    """The method and header checks of a preflight; configured names are valid tokens already."""
+    if compiled.methods is None:
+        if not TOKEN_RE.fullmatch(method):
+            return "denied:method", f"method {method!r} is not a valid method name"
+    elif method not in compiled.methods:
+        # Compared exactly, as browsers do: "patch" is not "PATCH" (Fetch "CORS-preflight fetch" step 7).
+        return "denied:method", f"method {method} not in allow_methods"
+    allowed = compiled.headers
+    if allowed is None:
+        bad = [n for n in names if not TOKEN_RE.fullmatch(n)]
+    else:  # isascii: a non-ASCII name may lowercase onto an allowed one ("\u212a" -> "k")
+        bad = [n for n in names if n.lower() not in allowed or not n.isascii()]
+    if bad:
+        return "denied:header", f"{', '.join(bad)} not in allow_headers"
+    return "allowed", None
+
+
+def _actual(compiled: CompiledRule, request: CorsRequest, origin: str | None) -> Decision:
     rule = compiled.rule
-    why = _origin_denial(compiled, request)
+    why = _origin_denial(compiled, request, origin)
     if why is not None and not compiled.star:
         status = 403 if rule.disallowed_origin == "reject" else None
-        return Decision("actual", "denied:origin", why, compiled, request.origin, status)
+        return Decision("actual", "denied:origin", why, compiled, origin, status)
     # SECURITY: an invalid Origin is only ever answered with a literal "*", never echoed.
     allow_origin = "*" if compiled.star else request.origins[0]
     headers = [(ACAO, allow_origin), *compiled.actual_headers]
@@ -265,7 +276,7 @@ def _actual(compiled: CompiledRule, request: CorsRequest) -> Decision:
         headers.append((TAO, allow_origin))
     verdict: Verdict = "allowed" if why is None else "denied:origin"
     detail = "origin allowed" if why is None else f"{why}; answered with a literal * (any origin allowed)"
-    return Decision("actual", verdict, detail, compiled, request.origin, None, tuple(headers))
+    return Decision("actual", verdict, detail, compiled, origin, None, tuple(headers))
 
 
 def finish(decision: Decision, headers: MultiHeaders) -> None:
