@@ -215,7 +215,8 @@ async def start(port: int | None = None) -> Demo:
     proxy.on_response_prepare.append(tap.hook("proxy"))
     runners = [
         await _serve(web.AppRunner(SampleApi().app(tap), access_log=None), socks[2]),
-        await _serve(make_runner(proxy, config), socks[1]),
+        # fast_preflights off: the page shows each response through the on_response_prepare tap.
+        await _serve(make_runner(proxy, config, fast_preflights=False), socks[1]),
         await _serve(web.AppRunner(page_app(render_page(page_port, proxy_port, api_port), tap),
                                    access_log=None), socks[0]),
     ]

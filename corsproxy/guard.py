@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web, web_protocol
@@ -50,14 +51,21 @@ CLOSING_RESPONSE = (
 )
 
 
+# Given a parsed request (no body, keep-alive) and the client's address: the whole response's bytes
+# when it can be answered without a request object (a preflight the proxy answers), else None.
+FastAnswer = Callable[[RawRequestMessage, str], bytes | None]
+
+
 class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes")
+                 "_head_bytes", "_fast_answer")
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
+                 fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._fast_answer = fast_answer
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
@@ -79,14 +87,26 @@ class GuardedHandler(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
         before = len(self._messages)
-        idle = self._waiter is not None and not self._waiter.done()
+        waiter = self._waiter
+        idle = waiter is not None and not waiter.done()
         in_head = self._header_timer is not None or idle
         if in_head:
             self._head_bytes = self._head_bytes + len(data) if self._header_timer is not None else len(data)
+        # On an idle connection, hold back aiohttp's wake-up until we know a message is left for it:
+        # its loop takes one message a wake-up, and a fast answer takes the message away.
+        hold = idle and before == 0 and self._fast_answer is not None
+        if hold:
+            self._waiter = None
         super().data_received(data)
+        if hold:
+            self._waiter = waiter
         if len(self._messages) > before:
             self._cancel(header=True)
             self._check_new(before)
+            if hold:
+                self._answer_fast()
+                if self._messages and waiter is not None and not waiter.done():
+                    waiter.set_result(None)
         elif in_head and self._head_bytes > MAX_HEAD and not self._force_close and self.transport is not None:
             # aiohttp bounds each header line and the count, not the sum: 127 x 16 KiB would pass.
             self._cancel(header=True)
@@ -107,6 +127,23 @@ class GuardedHandler(web_protocol.RequestHandler):
                 self._messages[i] = (web_protocol._ErrInfo(status, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
             elif payload is not EMPTY_PAYLOAD and not payload.is_eof() and self._body_timer is None:
                 self._body_timer = self._loop.call_later(self._body_timeout, self._check_body, payload)
+
+    def _answer_fast(self) -> None:
+        """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object."""
+        while self._messages and self.transport is not None and not self._force_close:
+            msg, payload = self._messages[0]
+            if not isinstance(msg, RawRequestMessage) or payload is not EMPTY_PAYLOAD or msg.should_close:
+                return
+            assert self._fast_answer is not None
+            answer = self._fast_answer(msg, _peer_host(self))
+            if answer is None:
+                return
+            self._messages.popleft()
+            if self._parser is not None:
+                self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
+            self.transport.write(answer)
+            if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response
+                self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -202,6 +239,11 @@ def _summary(exc: HttpProcessingError) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+def _peer_host(handler: web_protocol.RequestHandler) -> str:
+    peer = handler.peername
+    return str(peer[0]) if isinstance(peer, tuple) else "-"
+
+
 def _peer(handler: web_protocol.RequestHandler) -> str:
     peer = handler.peername
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -210,9 +252,10 @@ def _peer(handler: web_protocol.RequestHandler) -> str:
 class GuardedServer(web.Server):
     """aiohttp's Server, making :class:`GuardedHandler` connections."""
 
-    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, fast_answer: FastAnswer | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._guard = {"header_timeout": header_timeout, "body_timeout": body_timeout}
+        self._guard = {"header_timeout": header_timeout, "body_timeout": body_timeout, "fast_answer": fast_answer}
 
     def __call__(self) -> GuardedHandler:
         return GuardedHandler(self, loop=self._loop, **self._guard, **self._kwargs)
@@ -225,13 +268,15 @@ class GuardedRunner(web.AppRunner):
     """
 
     def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT,
-                 body_timeout: float = BODY_TIMEOUT, **kwargs: Any) -> None:
+                 body_timeout: float = BODY_TIMEOUT, fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.fast_answer = fast_answer
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, loop=plain._loop,
-                             header_timeout=self.header_timeout, body_timeout=self.body_timeout, **plain._kwargs)
+                             header_timeout=self.header_timeout, body_timeout=self.body_timeout,
+                             fast_answer=self.fast_answer, **plain._kwargs)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
@@ -180,9 +182,61 @@ def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Respons
 
 
 def _notify(request: web.Request, ex: Exchange) -> None:
+    _notify_app(request.app, ex)
+
+
+def _notify_app(app: web.Application, ex: Exchange) -> None:
     ex.duration = time.monotonic() - ex.started
-    for observer in request.app[OBSERVERS_KEY]:
+    for observer in app[OBSERVERS_KEY]:
         observer(ex)
+
+
+def preflight_answerer(app: web.Application) -> Callable[[RawRequestMessage, str], bytes | None]:
+    """The connection-level fast path (guard.FastAnswer): a preflight the proxy answers itself.
+
+    Same decision (policy.decide), same headers (respond_headers), same observers as :func:`handle`;
+    only aiohttp's request and response objects are skipped, which are most of a preflight's cost
+    (bench/README.md). Anything else, or anything unusual, returns None and takes the normal path.
+    """
+
+    def answer(msg: RawRequestMessage, client: str) -> bytes | None:
+        headers = msg.headers
+        if msg.method != "OPTIONS" or "Access-Control-Request-Method" not in headers or "Origin" not in headers \
+                or not msg.path.startswith("/") or msg.upgrade:
+            return None
+        try:
+            path = decode_path(msg.path)
+        except BadPath:
+            return None
+        snap = app[LIVE_KEY].current
+        decision = decide(snap.policy, CorsRequest.from_headers("OPTIONS", path, headers))
+        if decision.status is None or not decision.enforce:
+            return None
+        ex = Exchange("OPTIONS", msg.path, client, decision)
+        for hook in app[STARTED_KEY]:
+            hook(ex)
+        data = _answer_bytes(snap, decision)
+        ex.status, ex.bytes_out = decision.status, len(decision.body)
+        _notify_app(app, ex)
+        return data
+
+    return answer
+
+
+def _answer_bytes(snap: Snapshot, decision: Decision) -> bytes:
+    """What :func:`_answer` sends, serialized here: the status line, headers and body."""
+    status = decision.status or 500
+    body = decision.body
+    lines = [f"HTTP/1.1 {status} {'No Content' if status == 204 else 'Forbidden'}"]
+    lines.extend(f"{name}: {value}" for name, value in respond_headers(decision))
+    if snap.config.debug.decision_header and decision.rule is not None:
+        lines.append(f"{DECISION_HEADER}: {decision.header_value()}")
+    if status != 204:
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append(f"Date: {rfc822_formatted_time()}")
+    lines.append(f"Server: {SERVER_SOFTWARE}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
 
 
 def _answer(snap: Snapshot, decision: Decision) -> web.Response:

@@ -47,7 +47,7 @@ from .config import Config, ConfigError
 from .decisions import DecisionLog
 from .guard import GuardedRunner
 from .metrics import ConfigState, Metrics, multiprocess_registry
-from .proxy import LIVE_KEY
+from .proxy import LIVE_KEY, preflight_answerer
 
 log = logging.getLogger("corsproxy")
 
@@ -73,10 +73,16 @@ def server_ssl(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-def make_runner(app: web.Application, config: Config) -> web.AppRunner:
-    # handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
+def make_runner(app: web.Application, config: Config, *, fast_preflights: bool = True) -> web.AppRunner:
+    """The runner for the proxy app.
+
+    handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
+    fast_preflights: preflights the proxy answers are answered at the connection (proxy.preflight_answerer),
+    which skips aiohttp's response objects and so ``on_response_prepare`` hooks (the demo taps those).
+    """
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
-                         shutdown_timeout=config.listen.drain_timeout)
+                         shutdown_timeout=config.listen.drain_timeout,
+                         fast_answer=preflight_answerer(app) if fast_preflights else None)
 
 
 def run(config: Config, load: Loader, *, workers: int = 1, worker_argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -17,7 +18,7 @@ from yarl import URL
 from corsproxy import config as cfg
 from corsproxy.app import build_app
 from corsproxy.proxy import Exchange
-from corsproxy.server import server_ssl
+from corsproxy.server import make_runner, server_ssl
 
 UPSTREAM_CORS = {
     "Access-Control-Allow-Origin": "https://upstream-says.example",
@@ -316,6 +317,17 @@ class Proxy:
 MakeProxy = Callable[..., Awaitable[Proxy]]
 
 
+class ProxyTestServer(TestServer):
+    """A TestServer on the runner ``corsproxy serve`` uses (server.make_runner), not a plain AppRunner."""
+
+    def __init__(self, app: web.Application, config: cfg.Config, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.config = config
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return make_runner(self.app, self.config)
+
+
 @pytest.fixture
 def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
                aiohttp_server: Callable[..., Awaitable[TestServer]], upstream: Upstream) -> MakeProxy:
@@ -332,8 +344,9 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
         server_kwargs = dict(server_kwargs or {})
         if config.listen.tls is not None:  # listen.tls served as server.py serves it
             server_kwargs.setdefault("ssl", server_ssl(config))
-        # TestServer runs the app with handler_cancellation=True, as server.py does.
-        server = await aiohttp_server(app, host="127.0.0.1", **server_kwargs)
+        # Served on server.py's own runner (the guard, the connection-level preflight answers).
+        server = ProxyTestServer(app, config, host="127.0.0.1")
+        await server.start_server(**server_kwargs)
         client = await aiohttp_client(server, auto_decompress=False, **(client_kwargs or {}))
         return Proxy(client, exchanges)
 

@@ -1,0 +1,84 @@
+"""The connection-level preflight answer (guard fast_answer + proxy.preflight_answerer).
+
+It must give exactly what the request/response path gives, keep pipelined answers in order, and
+leave everything it does not answer to the normal path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from yarl import URL
+
+from tests.conftest import MakeProxy, Proxy, Upstream
+
+ORIGIN = "https://app.example.com"
+PREFLIGHT = (b"OPTIONS /api/x HTTP/1.1\r\nHost: p\r\nOrigin: https://app.example.com\r\n"
+             b"Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: content-type\r\n\r\n")
+DENIED = (b"OPTIONS /api/x HTTP/1.1\r\nHost: p\r\nOrigin: https://evil.example.net\r\n"
+          b"Access-Control-Request-Method: PUT\r\n\r\n")
+GET = b"GET /api/x HTTP/1.1\r\nHost: p\r\nOrigin: https://app.example.com\r\n\r\n"
+
+
+def _aiohttp_requests(proxy: Proxy) -> int:
+    """Requests aiohttp's own loop has taken on (the fast path takes none)."""
+    server = proxy.client.server.runner.server
+    assert server is not None
+    return server.requests_count
+
+
+async def _exchange(url: str, data: bytes, answers: int) -> list[bytes]:
+    """Write ``data`` at once on one keep-alive connection; read ``answers`` responses (heads)."""
+    target = URL(url)
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    heads = []
+    try:
+        writer.write(data)
+        for _ in range(answers):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            heads.append(head)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return heads
+
+
+async def test_an_answered_preflight_makes_no_aiohttp_request_but_is_observed(make_proxy: MakeProxy,
+                                                                               upstream: Upstream) -> None:
+    proxy = await make_proxy()
+    resp = await proxy.client.options("/api/x", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "PUT"})
+    assert resp.status == 204
+    assert _aiohttp_requests(proxy) == 0  # answered on the connection
+    assert [(e.method, e.status, e.decision.verdict) for e in proxy.exchanges] == [("OPTIONS", 204, "allowed")]
+    resp = await proxy.client.get("/api/x", headers={"Origin": ORIGIN})
+    assert resp.status == 200 and _aiohttp_requests(proxy) == 1
+    assert upstream.count("OPTIONS") == 0
+
+
+async def test_pipelined_requests_are_answered_in_order(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy()
+    heads = await _exchange(proxy.url, PREFLIGHT + GET + DENIED + PREFLIGHT, 4)
+    assert [h.split(b"\r\n")[0] for h in heads] == [
+        b"HTTP/1.1 204 No Content", b"HTTP/1.1 200 OK", b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 204 No Content"]
+    assert b"Access-Control-Allow-Origin: https://app.example.com" in heads[0]
+    assert b"Access-Control-Allow-Origin" not in heads[2]
+    assert upstream.count() == 1  # only the GET
+
+
+async def test_fast_and_normal_paths_give_the_same_headers(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy(extra="debug:\n  decision_header: true\n")
+    fast = (await _exchange(proxy.url, DENIED, 1))[0]
+    # HTTP/1.0 closes after the answer, so the fast path leaves it to aiohttp's request path.
+    assert _aiohttp_requests(proxy) == 0
+    slow = (await _exchange(proxy.url, DENIED.replace(b"HTTP/1.1", b"HTTP/1.0"), 1))[0]
+    assert _aiohttp_requests(proxy) == 1
+
+    def lines(head: bytes) -> set[bytes]:
+        skip = (b"date:", b"http/", b"connection:", b"keep-alive:")
+        return {line for line in head.split(b"\r\n") if line and not line.lower().startswith(skip)}
+
+    assert lines(fast) == lines(slow)
+    assert b"CORS-Decision: rule=app; verdict=denied:origin" in fast
