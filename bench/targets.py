@@ -62,7 +62,7 @@ def report(data: dict) -> int:
             continue
         ratio = ours / theirs
         missed += ratio < minimum
-        print(f"{scenario:10s} {peer:14s} {ratio:6.2f} {minimum:>6.2f}+  {'yes' if ratio >= minimum else 'NO'}")
+        print(f"{scenario:10s} {peer:14s} {ratio:6.3f} {minimum:>6.2f}+  {'yes' if ratio >= minimum else 'NO'}")
     growth = cell(table, "stream", "peak RSS growth MiB", ONE)
     rest = cell(table, "stream", "peak RSS before MiB", ONE)
     print(f"{'256 MiB stream':25s} peak RSS growth {growth:.1f} MiB (target < 5), resting {rest:.1f} MiB (target < 60)")
@@ -76,7 +76,7 @@ def report(data: dict) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=5)
+    parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--node-path", default="/tmp/bench-deps/node_modules")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "last.json")
     parser.add_argument("--report", type=Path, help="print the table of an earlier --out without measuring")
