@@ -282,8 +282,8 @@ async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upst
     return up
 
 
-BASE_RULES = """
-rules:
+# The "app" rule most tests use: every origin kind, credentials.
+APP_RULE = """
   - name: app
     paths: ["/api/**"]
     allow_origins:
@@ -295,7 +295,9 @@ rules:
     allow_headers: [Content-Type, Authorization]
     expose_headers: [X-Request-Id]
     allow_credentials: true
-    max_age: 600
+    max_age: 600"""
+
+BASE_RULES = "\nrules:" + APP_RULE + """
   - name: public
     paths: ["/public/**", "/status"]
     allow_origins: ["*"]

@@ -5,22 +5,9 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from tests.conftest import MakeProxy, Upstream, raw_request
+from tests.conftest import APP_RULE, MakeProxy, Upstream, raw_request
 
-RULES = """
-rules:
-  - name: app
-    paths: ["/api/**"]
-    allow_origins:
-      - https://app.example.com
-      - https://*.example.com
-      - http://localhost:*
-      - regex: '^https://pr-[0-9]+\\.preview\\.example\\.dev$'
-    allow_methods: [GET, POST, PUT, PATCH, DELETE]
-    allow_headers: [Content-Type, Authorization]
-    expose_headers: [X-Request-Id]
-    allow_credentials: true
-    max_age: 600
+RULES = "\nrules:" + APP_RULE + """
   - name: sandboxed
     paths: ["/sandboxed/**"]
     allow_origins: ["null"]
