@@ -102,6 +102,7 @@ ODD_PATHS = [
     "/api/x?q=%20&q=a+b&&z=%2F&flag",
     "/api/x?%zz=1&u=%E2%82",
     "/plain?a",
+    "/api/x?",  # an empty query is kept too
 ]
 
 
