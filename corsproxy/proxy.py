@@ -229,8 +229,8 @@ def _answer_bytes(snap: Snapshot, decision: Decision) -> bytes:
     body = decision.body
     lines = [f"HTTP/1.1 {status} {'No Content' if status == 204 else 'Forbidden'}"]
     lines.extend(f"{name}: {value}" for name, value in respond_headers(decision))
-    if snap.config.debug.decision_header and decision.rule is not None:
-        lines.append(f"{DECISION_HEADER}: {decision.header_value()}")
+    if (debug := _decision_header(snap, decision)) is not None:
+        lines.append(f"{DECISION_HEADER}: {debug}")
     if status != 204:
         lines.append(f"Content-Length: {len(body)}")
     lines.append(f"Date: {rfc822_formatted_time()}")
@@ -256,9 +256,14 @@ def _error(snap: Snapshot, decision: Decision, status: int, message: str) -> web
     return resp
 
 
+def _decision_header(snap: Snapshot, decision: Decision) -> str | None:
+    """The ``CORS-Decision`` value when ``debug.decision_header`` is on and a rule matched."""
+    return decision.header_value() if snap.config.debug.decision_header and decision.rule is not None else None
+
+
 def _debug_header(snap: Snapshot, decision: Decision, resp: web.StreamResponse) -> None:
-    if snap.config.debug.decision_header and decision.rule is not None:
-        resp.headers[DECISION_HEADER] = decision.header_value()
+    if (debug := _decision_header(snap, decision)) is not None:
+        resp.headers[DECISION_HEADER] = debug
 
 
 # ---------------------------------------------------------------------- forwarding
