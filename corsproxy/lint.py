@@ -14,13 +14,15 @@ import re._parser as sre  # the stdlib's own regex parser (sre_parse warns on im
 from collections.abc import Callable, Iterator
 
 from .config import ANY, Config, Rule
-from .origins import parse_origin
+from .origins import parse_origin, parse_wildcard
 
 CHROMIUM_MAX_AGE = 7200  # Chromium caps Access-Control-Max-Age at 2 hours (Firefox at 24 h)
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 PRIVATE_SEGMENTS = frozenset({"admin", "internal", "private", "debug", "actuator", "management", "manage",
                               "console", "ops", "_internal", "superuser", "backoffice"})
 _HTTP_HOST_RE = re.compile(r"http://(?:\*\.)?([^:/]+)", re.I)
+# Second-level labels registries hand out to the public (co.uk, com.au, ...): "*.co.uk" is anyone's.
+PUBLIC_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go"})
 _MAX_PATH_SAMPLES = 64
 
 Warning_ = tuple[str, str]  # (field path as in config errors, why)
@@ -68,10 +70,21 @@ def _origins(config: Config, rule: Rule) -> Iterator[Warning_]:
             yield where, (f"{entry!r} is plain http:// with allow_credentials: anyone on the network path can "
                           "impersonate it and read users' authenticated responses; use https:// (only localhost "
                           "is exempt)")
+        elif isinstance(entry, str) and "*." in entry and _public_suffix_wildcard(entry):
+            yield where, (f"{entry!r} admits every site under a public suffix: anyone can register one and read "
+                          "your API from it; name your own domain, e.g. 'https://*.example.com'")
         elif not isinstance(entry, str):
             why = regex_overreach(entry["regex"])
             if why:
                 yield where, why
+
+
+def _public_suffix_wildcard(entry: str) -> bool:
+    """``https://*.com``, ``https://*.co.uk``: a label wildcard whose suffix is not one organisation's."""
+    labels = parse_wildcard(entry).suffix.lstrip(".").split(".")
+    if labels == ["localhost"]:
+        return False
+    return len(labels) == 1 or (len(labels) == 2 and labels[0] in PUBLIC_SECOND_LEVEL)
 
 
 def _is_remote_http(entry: str) -> bool:

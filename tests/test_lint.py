@@ -48,6 +48,22 @@ def test_plain_http_origin_with_credentials_is_warned_about_but_localhost_is_not
                         "users' authenticated responses; use https:// (only localhost is exempt)"]
 
 
+def test_wildcard_over_a_public_suffix_is_warned_about(tmp_path, capsys):
+    code, warnings = check(tmp_path, capsys, """rules:
+  - allow_origins:
+      - https://*.com
+      - https://*.example.com
+      - https://*.co.uk
+      - https://*.example.co.uk
+      - http://*.localhost:*
+""")
+    assert code == 0
+    why = ("admits every site under a public suffix: anyone can register one and read your API from it; name your "
+           "own domain, e.g. 'https://*.example.com'")
+    assert warnings == [f"{tmp_path}/c.yaml:4: warning: rules[0].allow_origins[0]: 'https://*.com' {why}",
+                        f"{tmp_path}/c.yaml:6: warning: rules[0].allow_origins[2]: 'https://*.co.uk' {why}"]
+
+
 def test_plain_http_origin_without_credentials_is_not_warned_about(tmp_path, capsys):
     assert check(tmp_path, capsys, "rules:\n  - allow_origins: [http://app.example.com]\n") == (0, [])
 
