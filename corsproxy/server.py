@@ -257,7 +257,7 @@ class Server:
     async def _start_admin(self, config: Config) -> None:
         if self.worker_dir is None and config.admin is None:
             return
-        runner = web.AppRunner(build_admin(self.admin), access_log=None)
+        runner = GuardedRunner(build_admin(self.admin), access_log=None)  # slow clients time out here too
         await runner.setup()
         self.runners.append(runner)
         if self.worker_dir is not None:  # only the supervisor talks to a worker's admin
@@ -366,7 +366,7 @@ class Supervisor:
     async def _start_admin(self, config: Config) -> web.AppRunner | None:
         if config.admin is None:
             return None
-        runner = web.AppRunner(build_admin(self.admin), access_log=None)
+        runner = GuardedRunner(build_admin(self.admin), access_log=None)  # slow clients time out here too
         await runner.setup()
         await web.TCPSite(runner, config.admin.host, config.admin.port).start()
         log.info("admin on http://%s:%s, covering all workers (metrics: prometheus multiprocess mode)",
