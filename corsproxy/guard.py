@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web, web_protocol
@@ -51,21 +51,23 @@ CLOSING_RESPONSE = (
 )
 
 
-# Given a parsed request (no body, keep-alive) and the client's address: the whole response's bytes
-# when it can be answered without a request object (a preflight the proxy answers), else None.
-FastAnswer = Callable[[RawRequestMessage, str], bytes | None]
+# Given a parsed request (no body, keep-alive) and its connection: the whole response's bytes, or a
+# coroutine that relays it (writing to ``handler.transport``), when it can be answered without aiohttp's
+# request objects; else None, and aiohttp's loop takes the request.
+FastAnswer = Callable[[RawRequestMessage, "GuardedHandler"], "bytes | Coroutine[Any, Any, None] | None"]
 
 
 class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes", "_fast_answer")
+                 "_head_bytes", "_fast_answer", "_fast_task")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
                  fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast_answer = fast_answer
+        self._fast_task: asyncio.Task[None] | None = None
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
@@ -80,21 +82,19 @@ class GuardedHandler(web_protocol.RequestHandler):
         # keep-alive timer's hour.
         self._arm_header_timer()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel_timers()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
         before = len(self._messages)
         waiter = self._waiter
-        idle = waiter is not None and not waiter.done()
+        waiting = waiter is not None and not waiter.done()
+        idle = waiting and self._fast_task is None  # a fast answer being relayed is a request in progress
         in_head = self._header_timer is not None or idle
         if in_head:
             self._head_bytes = self._head_bytes + len(data) if self._header_timer is not None else len(data)
-        # On an idle connection, hold back aiohttp's wake-up until we know a message is left for it:
-        # its loop takes one message a wake-up, and a fast answer takes the message away.
-        hold = idle and before == 0 and self._fast_answer is not None
+        # While aiohttp's loop waits, hold back its wake-up until we know a message is left for it: it
+        # takes one message a wake-up, a fast answer takes the message away, and while a fast answer is
+        # being relayed the messages behind it must wait their turn.
+        hold = waiting and self._fast_answer is not None and (before == 0 or self._fast_task is not None)
         if hold:
             self._waiter = None
         super().data_received(data)
@@ -103,10 +103,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         if len(self._messages) > before:
             self._cancel(header=True)
             self._check_new(before)
-            if hold:
+            if hold and self._fast_task is None:
                 self._answer_fast()
-                if self._messages and waiter is not None and not waiter.done():
-                    waiter.set_result(None)
         elif in_head and self._head_bytes > MAX_HEAD and not self._force_close and self.transport is not None:
             # aiohttp bounds each header line and the count, not the sum: 127 x 16 KiB would pass.
             self._cancel(header=True)
@@ -129,21 +127,57 @@ class GuardedHandler(web_protocol.RequestHandler):
                 self._body_timer = self._loop.call_later(self._body_timeout, self._check_body, payload)
 
     def _answer_fast(self) -> None:
-        """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object."""
+        """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
+        then wake aiohttp's loop if a message is left for it."""
         while self._messages and self.transport is not None and not self._force_close:
             msg, payload = self._messages[0]
             if not isinstance(msg, RawRequestMessage) or payload is not EMPTY_PAYLOAD or msg.should_close:
-                return
+                break
             assert self._fast_answer is not None
-            answer = self._fast_answer(msg, _peer_host(self))
+            answer = self._fast_answer(msg, self)
             if answer is None:
-                return
+                break
             self._messages.popleft()
             if self._parser is not None:
                 self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
+            if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
+                self._fast_task = self._loop.create_task(self._run_fast(answer))
+                return
             self.transport.write(answer)
-            if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response
-                self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            self._restart_keepalive()
+        waiter = self._waiter
+        if self._messages and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _run_fast(self, answer: Coroutine[Any, Any, None]) -> None:
+        try:
+            await answer
+        finally:
+            self._fast_task = None
+            if self.transport is not None and not self._force_close:
+                self._restart_keepalive()
+                self._answer_fast()
+
+    def _restart_keepalive(self) -> None:
+        if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    def _process_keepalive(self) -> None:
+        if self._fast_task is not None:  # a response is being relayed: the connection is not idle
+            self._keepalive_handle = self._loop.call_at(self._loop.time() + self._keepalive_timeout,
+                                                        self._process_keepalive)
+            return
+        super()._process_keepalive()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._fast_task is not None:
+            self._fast_task.cancel()  # as handler_cancellation does for aiohttp's own handlers
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken what was written (raises if it went away)."""
+        await self._drain_helper()
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -237,11 +271,6 @@ def _framing_problem(msg: RawRequestMessage) -> tuple[int, str | None]:
 def _summary(exc: HttpProcessingError) -> str:
     text = " ".join(str(exc.message).split())  # the parser's message quotes the bad bytes over lines
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _peer_host(handler: web_protocol.RequestHandler) -> str:
-    peer = handler.peername
-    return str(peer[0]) if isinstance(peer, tuple) else "-"
 
 
 def _peer(handler: web_protocol.RequestHandler) -> str:

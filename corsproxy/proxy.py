@@ -19,13 +19,12 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import Config, IPNetwork
@@ -45,6 +44,17 @@ NO_BODY_STATUSES = frozenset({204, 304})
 # Request headers this hop has already answered: aiohttp's server sent the client its "100 Continue", and
 # passing Expect on would stall the body behind an upstream that never sends one (lowercase).
 PROXY_ANSWERED = frozenset({"expect"})
+
+
+class Incoming(Protocol):
+    """What forwarding reads of a client's request: an aiohttp ``web.Request``, or fastpath's own."""
+
+    method: str
+    raw_path: str
+    headers: CIMultiDictProxy[str]
+    remote: str | None
+    scheme: str
+    host: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,61 +192,13 @@ def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Respons
 
 
 def _notify(request: web.Request, ex: Exchange) -> None:
-    _notify_app(request.app, ex)
+    notify(request.app, ex)
 
 
-def _notify_app(app: web.Application, ex: Exchange) -> None:
+def notify(app: web.Application, ex: Exchange) -> None:
     ex.duration = time.monotonic() - ex.started
     for observer in app[OBSERVERS_KEY]:
         observer(ex)
-
-
-def preflight_answerer(app: web.Application) -> Callable[[RawRequestMessage, str], bytes | None]:
-    """The connection-level fast path (guard.FastAnswer): a preflight the proxy answers itself.
-
-    Same decision (policy.decide), same headers (respond_headers), same observers as :func:`handle`;
-    only aiohttp's request and response objects are skipped, which are most of a preflight's cost
-    (bench/README.md). Anything else, or anything unusual, returns None and takes the normal path.
-    """
-
-    def answer(msg: RawRequestMessage, client: str) -> bytes | None:
-        headers = msg.headers
-        if msg.method != "OPTIONS" or "Access-Control-Request-Method" not in headers or "Origin" not in headers \
-                or not msg.path.startswith("/") or msg.upgrade:
-            return None
-        try:
-            path = decode_path(msg.path)
-        except BadPath:
-            return None
-        snap = app[LIVE_KEY].current
-        decision = decide(snap.policy, CorsRequest.from_headers("OPTIONS", path, headers))
-        if decision.status is None or not decision.enforce:
-            return None
-        ex = Exchange("OPTIONS", msg.path, client, decision)
-        for hook in app[STARTED_KEY]:
-            hook(ex)
-        data = _answer_bytes(snap, decision)
-        ex.status, ex.bytes_out = decision.status, len(decision.body)
-        _notify_app(app, ex)
-        return data
-
-    return answer
-
-
-def _answer_bytes(snap: Snapshot, decision: Decision) -> bytes:
-    """What :func:`_answer` sends, serialized here: the status line, headers and body."""
-    status = decision.status or 500
-    body = decision.body
-    lines = [f"HTTP/1.1 {status} {'No Content' if status == 204 else 'Forbidden'}"]
-    lines.extend(f"{name}: {value}" for name, value in respond_headers(decision))
-    if (debug := _decision_header(snap, decision)) is not None:
-        lines.append(f"{DECISION_HEADER}: {debug}")
-    if status != 204:
-        lines.append(f"Content-Length: {len(body)}")
-    lines.append(f"Date: {rfc822_formatted_time()}")
-    lines.append(f"Server: {SERVER_SOFTWARE}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
 
 
 def _answer(snap: Snapshot, decision: Decision) -> web.Response:
@@ -256,13 +218,13 @@ def _error(snap: Snapshot, decision: Decision, status: int, message: str) -> web
     return resp
 
 
-def _decision_header(snap: Snapshot, decision: Decision) -> str | None:
+def decision_header(snap: Snapshot, decision: Decision) -> str | None:
     """The ``CORS-Decision`` value when ``debug.decision_header`` is on and a rule matched."""
     return decision.header_value() if snap.config.debug.decision_header and decision.rule is not None else None
 
 
 def _debug_header(snap: Snapshot, decision: Decision, resp: web.StreamResponse) -> None:
-    if (debug := _decision_header(snap, decision)) is not None:
+    if (debug := decision_header(snap, decision)) is not None:
         resp.headers[DECISION_HEADER] = debug
 
 
@@ -274,7 +236,7 @@ def upstream_url(snap: Snapshot, request: web.Request) -> URL:
     return URL(snap.upstream_base + request.raw_path, encoded=True)
 
 
-def upstream_headers(snap: Snapshot, request: web.Request, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+def upstream_headers(snap: Snapshot, request: Incoming, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """The client's headers minus hop-by-hop ones (and ``drop``), with Host, Via and X-Forwarded-* set."""
     headers = request.headers
     drop = (hop_by_hop(headers.getall("Connection")) if "Connection" in headers else HOP_BY_HOP) | drop | PROXY_ANSWERED
@@ -299,7 +261,7 @@ def upstream_headers(snap: Snapshot, request: web.Request, drop: frozenset[str] 
     return out
 
 
-def proxy_origin(snap: Snapshot, request: web.Request) -> str:
+def proxy_origin(snap: Snapshot, request: Incoming) -> str:
     """The proxy's origin as the client sees it, for Location rewriting."""
     scheme = request.scheme
     if snap.trusts(request.remote):
@@ -371,16 +333,19 @@ async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.St
 
 def _failed(request: web.Request, snap: Snapshot, ex: Exchange, exc: Exception) -> web.Response:
     """The response for a request that failed before any of the upstream's response was relayed."""
+    return _error(snap, ex.decision, *failure(request, snap, ex, exc))
+
+
+def failure(request: Incoming, snap: Snapshot, ex: Exchange, exc: Exception) -> tuple[int, str]:
+    """Status and message for a request that failed before the upstream answered; logged, counted in ``ex``."""
     status, kind = upstream_error(exc)
     if status == 413:  # the client's fault, not the upstream's: no upstream_error
-        message = _over_limit(snap.config.limits.max_body_size)
-    elif status == 400:
-        message = f"request body: {_describe(exc)}"
-    else:
-        ex.upstream_error = kind
-        message = f"upstream {kind}: {_describe(exc)}"
-        log.warning("upstream %s for %s %s: %s", kind, request.method, request.raw_path, _describe(exc))
-    return _error(snap, ex.decision, status, message)
+        return status, _over_limit(snap.config.limits.max_body_size)
+    if status == 400:
+        return status, f"request body: {_describe(exc)}"
+    ex.upstream_error = kind
+    log.warning("upstream %s for %s %s: %s", kind, request.method, request.raw_path, _describe(exc))
+    return status, f"upstream {kind}: {_describe(exc)}"
 
 
 class RelayedResponse(web.StreamResponse):
@@ -400,8 +365,9 @@ async def keep_untyped(request: web.Request, response: web.StreamResponse) -> No
 
 
 async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
-    resp = RelayedResponse(status=upstream.status, reason=upstream.reason)
-    _copy_response_headers(request, snap, ex, upstream, resp)
+    resp = RelayedResponse(status=upstream.status, reason=upstream.reason,
+                           headers=relay_headers(request, snap, ex.decision, upstream.headers))
+    resp.untyped = "Content-Type" not in resp.headers
     ex.status = upstream.status
     has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
     whole = upstream.whole_body() if has_body else b""
@@ -432,18 +398,19 @@ async def _stream_body(request: web.Request, ex: Exchange, upstream: UpstreamRes
     return chunk is not None
 
 
-def _copy_response_headers(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse,
-                           resp: RelayedResponse) -> None:
-    raw = upstream.headers
+def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,
+                  raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's response headers as the client gets them: hop-by-hop dropped, Location rewritten,
+    the CORS part written by policy.finish, and the decision header when on."""
     names = {name.lower() for name, _ in raw}
     drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
-    headers = resp.headers
-    headers.extend([(name, value) for name, value in raw if name.lower() not in drop])
-    resp.untyped = "content-type" not in names
+    headers = CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
     if snap.config.upstream.rewrite_location and ("location" in names or "content-location" in names):
         _rewrite_locations(snap, request, headers)
-    finish(ex.decision, headers)
-    _debug_header(snap, ex.decision, resp)
+    finish(decision, headers)
+    if (debug := decision_header(snap, decision)) is not None:
+        headers[DECISION_HEADER] = debug
+    return headers
 
 
 async def _read_upstream(request: web.Request, ex: Exchange, upstream: UpstreamResponse) -> bytes | None:
@@ -467,7 +434,7 @@ def _abort(request: web.Request) -> None:
         request.transport.abort()
 
 
-def _rewrite_locations(snap: Snapshot, request: web.Request, headers: CIMultiDict[str]) -> None:
+def _rewrite_locations(snap: Snapshot, request: Incoming, headers: CIMultiDict[str]) -> None:
     for name in ("Location", "Content-Location"):
         value = headers.get(name)
         if value:

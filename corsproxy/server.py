@@ -45,9 +45,10 @@ from .admin import AdminState, build_admin
 from .app import build_app, reload
 from .config import Config, ConfigError
 from .decisions import DecisionLog
+from .fastpath import fast_answerer
 from .guard import GuardedRunner
 from .metrics import ConfigState, Metrics, multiprocess_registry
-from .proxy import LIVE_KEY, preflight_answerer
+from .proxy import LIVE_KEY
 
 log = logging.getLogger("corsproxy")
 
@@ -77,12 +78,13 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     """The runner for the proxy app.
 
     handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
-    fast_preflights: preflights the proxy answers are answered at the connection (proxy.preflight_answerer),
-    which skips aiohttp's response objects and so ``on_response_prepare`` hooks (the demo taps those).
+    fast_preflights: the commonest requests (answered preflights, bodiless GET/HEAD) are answered at the
+    connection (fastpath.py), which skips aiohttp's request and response objects and so
+    ``on_response_prepare`` hooks (the demo taps those).
     """
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout,
-                         fast_answer=preflight_answerer(app) if fast_preflights else None)
+                         fast_answer=fast_answerer(app) if fast_preflights else None)
 
 
 def run(config: Config, load: Loader, *, workers: int = 1, worker_argv: list[str] | None = None) -> int:

@@ -1,0 +1,209 @@
+"""Answers at the connection, before aiohttp makes request objects (``guard.FastAnswer``).
+
+aiohttp's per-request machinery (a ``Request``, a Task, ``StreamResponse.prepare``/``write_eof``)
+is most of what a preflight costs and a third of a small proxied GET (bench/README.md). For the
+commonest requests the proxy answers them from the parsed message instead:
+
+- a request the decision answers itself (an allowed or denied preflight, a rejected origin):
+  the whole response, as bytes;
+- a bodiless ``GET``/``HEAD`` to forward: a coroutine that relays it through the same pool.
+
+Everything else — bodies, WebSockets, odd targets, ``Connection: close`` — returns None and takes
+aiohttp's path in :mod:`proxy`. Both paths share the decision (``policy.decide``), the headers
+(``respond_headers``, ``upstream_headers``, ``relay_headers``), the error mapping (``failure``) and
+the observers, and tests/test_fastpath.py holds them to the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, RawRequestMessage
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .guard import FastAnswer, GuardedHandler
+from .paths import BadPath, decode_path
+from .policy import CorsRequest, Decision, decide, finish, respond_headers
+from .proxy import (
+    DECISION_HEADER,
+    LIVE_KEY,
+    NO_BODY_STATUSES,
+    STARTED_KEY,
+    Exchange,
+    Snapshot,
+    decision_header,
+    failure,
+    notify,
+    pool_for,
+    relay_headers,
+    upstream_headers,
+)
+from .upstream import UpstreamError, UpstreamResponse
+
+log = logging.getLogger("corsproxy")
+
+FORWARDED_METHODS = frozenset({"GET", "HEAD"})
+REASONS = {204: "No Content", 403: "Forbidden"}
+
+
+@dataclass(slots=True)
+class Message:
+    """A parsed request as :mod:`proxy`'s forwarding helpers read it (its ``Incoming``)."""
+
+    method: str
+    raw_path: str
+    headers: CIMultiDictProxy[str]
+    remote: str | None
+    scheme: str
+    host: str
+
+
+def fast_answerer(app: web.Application) -> FastAnswer:
+    """The ``fast_answer`` for the proxy app's connections."""
+
+    def answer(msg: RawRequestMessage, handler: GuardedHandler) -> bytes | Coroutine[Any, Any, None] | None:
+        if msg.upgrade or not msg.path.startswith("/"):
+            return None
+        try:
+            path = decode_path(msg.path)
+        except BadPath:
+            return None
+        snap = app[LIVE_KEY].current
+        decision = decide(snap.policy, CorsRequest.from_headers(msg.method, path, msg.headers))
+        if decision.status is not None and decision.enforce:
+            return _answered(app, snap, decision, msg, _client(handler))
+        host = msg.headers.get("Host")
+        if msg.method not in FORWARDED_METHODS or not host:
+            return None
+        request = Message(msg.method, msg.path, msg.headers, _client(handler), _scheme(handler), host)
+        return _relayed(app, snap, decision, request, handler)
+
+    return answer
+
+
+def _client(handler: GuardedHandler) -> str:
+    peer = handler.peername
+    return str(peer[0]) if isinstance(peer, tuple) else "-"
+
+
+def _scheme(handler: GuardedHandler) -> str:
+    transport = handler.transport
+    return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
+
+
+def _answered(app: web.Application, snap: Snapshot, decision: Decision, msg: RawRequestMessage,
+              client: str) -> bytes:
+    ex = Exchange(msg.method, msg.path, client, decision)
+    for hook in app[STARTED_KEY]:
+        hook(ex)
+    headers = CIMultiDict(respond_headers(decision))
+    body = decision.body
+    data = _serialize(snap, decision, decision.status or 500, REASONS.get(decision.status or 500, ""), headers, body)
+    ex.status, ex.bytes_out = decision.status or 500, len(body)
+    notify(app, ex)
+    return data
+
+
+async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
+                   handler: GuardedHandler) -> None:
+    ex = Exchange(request.method, request.raw_path, request.remote or "-", decision)
+    for hook in app[STARTED_KEY]:
+        hook(ex)
+    try:
+        try:
+            upstream = await pool_for(app, snap).request(
+                request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), None,
+                chunked=False)
+        except UpstreamError as exc:
+            status, message = failure(request, snap, ex, exc)
+            _write_error(handler, snap, ex, status, message)
+            return
+        try:
+            await _relay(handler, request, snap, ex, upstream)
+        finally:
+            upstream.release()
+    except ConnectionResetError:  # the client went away while we wrote
+        _abort(handler)
+    finally:
+        notify(app, ex)
+
+
+async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: Exchange,
+                 upstream: UpstreamResponse) -> None:
+    headers = relay_headers(request, snap, ex.decision, upstream.headers)
+    status = ex.status = upstream.status
+    has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
+    whole = upstream.whole_body() if has_body else b""
+    chunked = False
+    if status in NO_BODY_STATUSES:
+        headers.popall("Content-Length", None)  # RFC 9110 §8.6, as aiohttp's own responses do
+    elif whole is not None and has_body:
+        headers["Content-Length"] = str(len(whole))
+    elif has_body and "Content-Length" not in headers:
+        chunked = True  # the upstream's framing (chunked, or until close) is not ours to pass on
+        headers["Transfer-Encoding"] = "chunked"
+    head = _serialize(snap, None, status, upstream.reason, headers, b"")
+    transport = handler.transport
+    if transport is None:
+        return
+    if whole is not None:  # all of it is here: head and body in one write
+        transport.write(head + whole)
+        ex.bytes_out = len(whole)
+        return
+    transport.write(head)
+    while chunk := await _read(request, ex, upstream, handler):
+        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        ex.bytes_out += len(chunk)
+        await handler.drain()
+    if chunk is not None and chunked:
+        transport.write(b"0\r\n\r\n")
+
+
+async def _read(request: Message, ex: Exchange, upstream: UpstreamResponse, handler: GuardedHandler) -> bytes | None:
+    """The next body chunk; b"" at the end; None when the upstream broke off (the client connection is aborted)."""
+    try:
+        return await upstream.read()
+    except UpstreamError as exc:
+        ex.upstream_error = "aborted"
+        log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
+                    request.method, request.raw_path, exc)
+        _abort(handler)
+        return None
+
+
+def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: int, message: str) -> None:
+    """A 502/504 with the CORS headers an upstream response would get (proxy._error, as bytes)."""
+    body = (message + "\n").encode()
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+    finish(ex.decision, headers)
+    ex.status, ex.bytes_out = status, len(body)
+    if handler.transport is not None:
+        handler.transport.write(_serialize(snap, ex.decision, status, _reason(status), headers, body))
+
+
+def _serialize(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],
+               body: bytes) -> bytes:
+    """Status line, headers (plus the decision header, Content-Length, Date, Server as aiohttp adds them), body."""
+    if decision is not None and (debug := decision_header(snap, decision)) is not None:
+        headers[DECISION_HEADER] = debug
+    if body or (decision is not None and status not in NO_BODY_STATUSES):
+        headers["Content-Length"] = str(len(body))
+    headers.setdefault("Date", rfc822_formatted_time())
+    headers.setdefault("Server", SERVER_SOFTWARE)
+    lines = [f"HTTP/1.1 {status} {reason}", *(f"{name}: {value}" for name, value in headers.items()), "\r\n"]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+
+def _reason(status: int) -> str:
+    return {502: "Bad Gateway", 504: "Gateway Timeout"}.get(status, "")
+
+
+def _abort(handler: GuardedHandler) -> None:
+    # The status line is gone already: the only honest signal left is a broken connection.
+    if handler.transport is not None:
+        handler.transport.abort()
