@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web, web_protocol
-from aiohttp.http import HttpVersion10, RawRequestMessage
+from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
@@ -131,7 +131,10 @@ class GuardedHandler(web_protocol.RequestHandler):
         then wake aiohttp's loop if a message is left for it."""
         while self._messages and self.transport is not None and not self._force_close:
             msg, payload = self._messages[0]
-            if not isinstance(msg, RawRequestMessage) or payload is not EMPTY_PAYLOAD or msg.should_close:
+            # HTTP/1.1 keep-alive only: an HTTP/1.0 client needs "Connection: keep-alive" and no chunking,
+            # which aiohttp's own path handles.
+            if not isinstance(msg, RawRequestMessage) or payload is not EMPTY_PAYLOAD or msg.should_close \
+                    or msg.version != HttpVersion11:
                 break
             assert self._fast_answer is not None
             answer = self._fast_answer(msg, self)
@@ -152,6 +155,9 @@ class GuardedHandler(web_protocol.RequestHandler):
     async def _run_fast(self, answer: Coroutine[Any, Any, None]) -> None:
         try:
             await answer
+        except Exception:  # no aiohttp 500 handler here: log it and close, never leave the client hanging
+            log.exception("unhandled error relaying a request from %s; closing the connection", _peer(self))
+            self.force_close()
         finally:
             self._fast_task = None
             if self.transport is not None and not self._force_close:

@@ -93,3 +93,11 @@ async def test_fast_and_normal_paths_give_the_same_headers(make_proxy: MakeProxy
 
     assert lines(fast) == lines(slow)
     assert b"CORS-Decision: rule=app; verdict=" in fast
+
+
+async def test_an_http10_keep_alive_get_takes_aiohttp_path(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy()
+    request = GET.replace(b"HTTP/1.1", b"HTTP/1.0").replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n")
+    head = (await _exchange(proxy.url, request, 1))[0]
+    assert head.startswith(b"HTTP/1.0 200 OK") and b"Connection: keep-alive" in head
+    assert _aiohttp_requests(proxy) == 1
