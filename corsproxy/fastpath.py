@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -48,7 +49,6 @@ from .upstream import UpstreamError, UpstreamResponse
 log = logging.getLogger("corsproxy")
 
 FORWARDED_METHODS = frozenset({"GET", "HEAD"})
-REASONS = {204: "No Content", 403: "Forbidden"}
 
 
 @dataclass(slots=True)
@@ -103,8 +103,9 @@ def _answered(app: web.Application, snap: Snapshot, decision: Decision, msg: Raw
         hook(ex)
     headers = CIMultiDict(respond_headers(decision))
     body = decision.body
-    data = _serialize(snap, decision, decision.status or 500, REASONS.get(decision.status or 500, ""), headers, body)
-    ex.status, ex.bytes_out = decision.status or 500, len(body)
+    status = decision.status or 500
+    data = _serialize(snap, decision, status, HTTPStatus(status).phrase, headers, body)
+    ex.status, ex.bytes_out = status, len(body)
     notify(app, ex)
     return data
 
@@ -183,7 +184,7 @@ def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: 
     finish(ex.decision, headers)
     ex.status, ex.bytes_out = status, len(body)
     if handler.transport is not None:
-        handler.transport.write(_serialize(snap, ex.decision, status, _reason(status), headers, body))
+        handler.transport.write(_serialize(snap, ex.decision, status, HTTPStatus(status).phrase, headers, body))
 
 
 def _serialize(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],
@@ -197,10 +198,6 @@ def _serialize(snap: Snapshot, decision: Decision | None, status: int, reason: s
     headers.setdefault("Server", SERVER_SOFTWARE)
     lines = [f"HTTP/1.1 {status} {reason}", *(f"{name}: {value}" for name, value in headers.items()), "\r\n"]
     return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
-
-
-def _reason(status: int) -> str:
-    return {502: "Bad Gateway", 504: "Gateway Timeout"}.get(status, "")
 
 
 def _abort(handler: GuardedHandler) -> None:
