@@ -68,6 +68,11 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=aiohttp.DummyCookieJar(),  # SECURITY: never carry one client's cookies to another
         trust_env=False,
         read_bufsize=2**16,
+        # The handshake is bounded like any upstream request; once open, aiohttp drops the read
+        # timeout (ws_receive=None), so an idle WebSocket is not cut.
+        timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream.connect_timeout,
+                                      sock_connect=config.upstream.connect_timeout,
+                                      sock_read=config.upstream.read_timeout),
     ) as session:
         app[SESSION_KEY] = session
         try:

@@ -67,7 +67,6 @@ class Snapshot:
     upstream_base: str  # "http://host:port/base" without a trailing slash
     upstream_path: str  # "/base" (raw, without a trailing slash), prefixed to every request target
     upstream_host: str  # Host header value for host_header: upstream
-    timeout: aiohttp.ClientTimeout  # for WebSockets, which go through aiohttp's client
 
     @classmethod
     def build(cls, config: Config) -> Snapshot:
@@ -82,14 +81,6 @@ class Snapshot:
             upstream_base=config.upstream.url.rstrip("/"),
             upstream_path=up.raw_path.rstrip("/"),
             upstream_host=host,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                # connect bounds the whole wait for a connection: DNS, a free slot in the pool of
-                # max_connections (long SSE or WebSocket streams can hold them all), TCP and TLS.
-                connect=config.upstream.connect_timeout,
-                sock_connect=config.upstream.connect_timeout,
-                sock_read=config.upstream.read_timeout,
-            ),
         )
 
     def trusts(self, remote: str | None) -> bool:

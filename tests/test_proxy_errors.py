@@ -74,6 +74,18 @@ async def test_upstream_connect_timeout_is_504_with_cors_headers(make_proxy: Mak
     assert proxy.exchanges[-1].upstream_error == "timeout"
 
 
+async def test_websocket_upstream_connect_timeout_is_504_too(make_proxy: MakeProxy, black_hole: int) -> None:
+    proxy = await make_proxy(RULES, upstream_url=f"http://127.0.0.1:{black_hole}/v1",
+                             upstream_extra="  connect_timeout: 0.3\n")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await proxy.client.ws_connect("/ws", headers={"Origin": APP})
+    assert refused.value.status == 504
+    assert loop.time() - started < 3  # connect_timeout, not aiohttp's 5-minute default
+    assert proxy.exchanges[-1].upstream_error == "timeout"
+
+
 async def test_upstream_read_timeout_is_504_with_cors_headers(make_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = await make_proxy(RULES, upstream_extra="  read_timeout: 0.3\n")
     resp = await proxy.client.get("/slow?s=3", headers={"Origin": APP})

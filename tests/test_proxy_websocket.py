@@ -130,3 +130,11 @@ async def test_websocket_subprotocol_is_negotiated_with_the_upstream(make_proxy:
     async with proxy.client.ws_connect("/wsproto", headers=APP, protocols=("v1.chat", "v2.chat")) as sock:
         assert sock.protocol == "v2.chat"
         assert await sock.receive_str(timeout=5) == "protocol:v2.chat"
+
+
+async def test_an_idle_websocket_outlives_read_timeout(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, upstream_extra="  read_timeout: 0.3\n")
+    async with proxy.client.ws_connect("/ws/chat", headers=APP) as sock:
+        await asyncio.sleep(1.0)  # silent for over three read_timeouts
+        await sock.send_str("still here")
+        assert await sock.receive_str(timeout=5) == "echo:still here"
