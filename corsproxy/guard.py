@@ -17,6 +17,11 @@ close those gaps:
 - a request head over ``MAX_HEAD`` bytes in all (aiohttp bounds each line and the number
   of headers, not their sum) -> ``431`` and close.
 
+It also carries the connection-level fast path (``fast_answer``, supplied by fastpath.py):
+an HTTP/1.1 keep-alive request with no body that the proxy can answer from the parsed message is
+answered (or relayed by a task) before aiohttp makes a request of it; aiohttp's loop is held back
+meanwhile, so pipelined requests are still answered in order.
+
 Everything else that is malformed (request line, header syntax, lengths, duplicate or
 conflicting ``Content-Length``/``Transfer-Encoding``, chunk syntax, header count and size)
 is already refused with ``400`` by aiohttp's parser, and covered by tests/reliability.

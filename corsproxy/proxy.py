@@ -164,7 +164,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return await _websocket(request, snap, ex)
         return await _forward(request, snap, ex)
     finally:
-        _notify(request, ex)
+        notify(request.app, ex)
 
 
 def _rule_path(raw_path: str) -> str:
@@ -180,10 +180,6 @@ def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Respons
     ex.status = resp.status
     ex.bytes_out = len(resp.body or b"") if isinstance(resp.body, bytes) else 0
     return resp
-
-
-def _notify(request: web.Request, ex: Exchange) -> None:
-    notify(request.app, ex)
 
 
 def notify(app: web.Application, ex: Exchange) -> None:
