@@ -150,6 +150,14 @@ def podman() -> Podman:
     if engine("image", "exists", "docker.io/library/python:3.11-slim", check=False).returncode != 0:
         _missing("no local python:3.11-slim (the build uses --pull=never): run ../shared/docker/build-local-base "
                  "as root first, or `podman pull python:3.11-slim` where a registry is reachable")
+    # podman can answer and hold images yet be unable to start a container (in a sandbox without
+    # CAP_SYS_RESOURCE, its default rlimits are refused): say so once, with the fix.
+    probe = engine("run", "--rm", "--network", "none", "--entrypoint", "true", "docker.io/library/python:3.11-slim",
+                   check=False, timeout=120)
+    if probe.returncode != 0:
+        _missing("podman cannot start a container here (" + (probe.stderr.strip().splitlines() or ["?"])[-1][:200]
+                 + "); in a sandbox run ../shared/docker/build-local-base from the project root, which writes "
+                 ".podman/containers.conf with the workarounds")
     return engine
 
 
