@@ -63,25 +63,78 @@ class Message:
     host: str
 
 
-def fast_answerer(app: web.Application) -> FastAnswer:
-    """The ``fast_answer`` for the proxy app's connections."""
+# Remembered decisions per config snapshot; a full memo starts over, and a request whose CORS inputs are
+# longer than MAX_REMEMBERED_CHARS is decided each time: together they bound its memory to a few MiB.
+MAX_REMEMBERED = 1024
+MAX_REMEMBERED_CHARS = 2048
 
-    def answer(msg: RawRequestMessage, handler: GuardedHandler) -> bytes | Coroutine[Any, Any, None] | None:
-        if msg.upgrade or not msg.path.startswith("/"):
-            return None
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What every request with the same inputs gets under one config: the decision and, when the proxy
+    answers itself, the whole response but its Date (``decide`` is pure, and a Decision is never changed)."""
+
+    decision: Decision
+    head: bytes | None = None  # status line and header lines, without Date and the blank line
+    body: bytes = b""
+
+    def response(self) -> bytes:
+        assert self.head is not None
+        return b"%sDate: %s\r\n\r\n%s" % (self.head, rfc822_formatted_time().encode(), self.body)
+
+
+@dataclass(slots=True)
+class Memo:
+    """:class:`Known` answers by (method, path without query, ``CorsRequest.header_key``), for one snapshot."""
+
+    snap: Snapshot
+    known: dict[tuple[object, ...], Known]
+
+    def learn(self, key: tuple[object, ...], msg: RawRequestMessage) -> Known | None:
+        """Decide ``msg`` (None: its path is refused, aiohttp's path answers it) and remember the answer."""
         try:
             path = decode_path(msg.path)
         except BadPath:
             return None
-        snap = app[LIVE_KEY].current
-        decision = decide(snap.policy, CorsRequest.from_headers(msg.method, path, msg.headers))
+        request = CorsRequest.from_headers(msg.method, path, msg.headers)
+        decision = decide(self.snap.policy, request)
+        known = Known(decision)
         if decision.status is not None and decision.enforce:
-            return _answered(app, snap, decision, msg, _client(handler))
+            status, body = decision.status, decision.body
+            head = _head(self.snap, decision, status, HTTPStatus(status).phrase,
+                         CIMultiDict(respond_headers(decision)), body, date=False)
+            known = Known(decision, head, body)
+        size = len(path) + sum(map(len, request.origins)) + len(request.request_method or "") + \
+            len(request.request_headers)
+        if size <= MAX_REMEMBERED_CHARS:
+            if len(self.known) >= MAX_REMEMBERED:
+                self.known.clear()
+            self.known[key] = known
+        return known
+
+
+def fast_answerer(app: web.Application) -> FastAnswer:
+    """The ``fast_answer`` for the proxy app's connections."""
+    memo: Memo | None = None
+
+    def answer(msg: RawRequestMessage, handler: GuardedHandler) -> bytes | Coroutine[Any, Any, None] | None:
+        nonlocal memo
+        if msg.upgrade or not msg.path.startswith("/"):
+            return None
+        snap = app[LIVE_KEY].current
+        if memo is None or memo.snap is not snap:  # a reload forgets everything decided before
+            memo = Memo(snap, {})
+        key = (msg.method, msg.path.partition("?")[0], CorsRequest.header_key(msg.headers))
+        known = memo.known.get(key) or memo.learn(key, msg)
+        if known is None:
+            return None
+        if known.head is not None:
+            return _answered(app, known, msg, _client(handler))
         host = msg.headers.get("Host")
         if msg.method not in FORWARDED_METHODS or not host:
             return None
         request = Message(msg.method, msg.path, msg.headers, _client(handler), _scheme(handler), host)
-        return _relayed(app, snap, decision, request, handler)
+        return _relayed(app, snap, known.decision, request, handler)
 
     return answer
 
@@ -96,18 +149,13 @@ def _scheme(handler: GuardedHandler) -> str:
     return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
 
 
-def _answered(app: web.Application, snap: Snapshot, decision: Decision, msg: RawRequestMessage,
-              client: str) -> bytes:
-    ex = Exchange(msg.method, msg.path, client, decision)
+def _answered(app: web.Application, known: Known, msg: RawRequestMessage, client: str) -> bytes:
+    ex = Exchange(msg.method, msg.path, client, known.decision)
     for hook in app[STARTED_KEY]:
         hook(ex)
-    headers = CIMultiDict(respond_headers(decision))
-    body = decision.body
-    status = decision.status or 500
-    data = _serialize(snap, decision, status, HTTPStatus(status).phrase, headers, body)
-    ex.status, ex.bytes_out = status, len(body)
+    ex.status, ex.bytes_out = known.decision.status or 500, len(known.body)
     notify(app, ex)
-    return data
+    return known.response()
 
 
 async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
@@ -189,15 +237,22 @@ def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: 
 
 def _serialize(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],
                body: bytes) -> bytes:
-    """Status line, headers (plus the decision header, Content-Length, Date, Server as aiohttp adds them), body."""
+    return _head(snap, decision, status, reason, headers, body) + b"\r\n" + body
+
+
+def _head(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],
+          body: bytes, *, date: bool = True) -> bytes:
+    """Status line and header lines, with the decision header, Content-Length, Date (unless ``date`` is
+    False) and Server added as aiohttp adds them; without the blank line that ends the head."""
     if decision is not None and (debug := decision_header(snap, decision)) is not None:
         headers[DECISION_HEADER] = debug
     if body or (decision is not None and status not in NO_BODY_STATUSES):
         headers["Content-Length"] = str(len(body))
-    headers.setdefault("Date", rfc822_formatted_time())
+    if date:
+        headers.setdefault("Date", rfc822_formatted_time())
     headers.setdefault("Server", SERVER_SOFTWARE)
-    lines = [f"HTTP/1.1 {status} {reason}", *(f"{name}: {value}" for name, value in headers.items()), "\r\n"]
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+    lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{name}: {value}\r\n" for name, value in headers.items())]
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 def _abort(handler: GuardedHandler) -> None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .config import ANY, Config, Rule
 from .headers import CORS_RESPONSE_PREFIX, TOKEN_RE, merge_vary, split_tokens
 from .origins import parse_origin
+
+if TYPE_CHECKING:
+    from multidict import MultiMapping
 
 Verdict = Literal["allowed", "denied:origin", "denied:method", "denied:header", "denied:private-network", "none"]
 Kind = Literal["preflight", "actual", "no-origin", "no-rule"]
@@ -140,6 +143,15 @@ class CorsRequest:
             request_headers=acrh,
             private_network=headers.get("Access-Control-Request-Private-Network", "").lower() == "true",
         )
+
+    @staticmethod
+    def header_key(headers: MultiMapping[str]) -> tuple[object, ...]:
+        """The header values :meth:`from_headers` reads, as a hashable key: two requests with the same
+        method, path and key get the same decision (fastpath.py remembers decisions by it)."""
+        getall = headers.getall
+        return (tuple(getall("Origin", ())), headers.get("Access-Control-Request-Method"),
+                tuple(getall("Access-Control-Request-Headers", ())),
+                headers.get("Access-Control-Request-Private-Network"))
 
     @property
     def is_preflight(self) -> bool:

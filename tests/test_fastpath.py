@@ -101,3 +101,84 @@ async def test_an_http10_keep_alive_get_takes_aiohttp_path(make_proxy: MakeProxy
     head = (await _exchange(proxy.url, request, 1))[0]
     assert head.startswith(b"HTTP/1.0 200 OK") and b"Connection: keep-alive" in head
     assert _aiohttp_requests(proxy) == 1
+
+
+async def test_a_remembered_answer_is_given_only_to_the_same_cors_inputs(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy()
+    first = (await _exchange(proxy.url, PREFLIGHT, 1))[0]
+    # Same path and method; each differs from PREFLIGHT in one CORS input, or only in what decide() ignores.
+    variants = {
+        b"Origin: https://evil.example.net": b"HTTP/1.1 403 Forbidden",
+        b"Origin: https://app.example.com\r\nOrigin: https://app.example.com": b"HTTP/1.1 403 Forbidden",
+        b"Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: x-secret": b"HTTP/1.1 403 Forbidden",
+        b"Access-Control-Request-Method: TRACE": b"HTTP/1.1 403 Forbidden",
+        b"Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Private-Network: true":
+            b"HTTP/1.1 403 Forbidden",
+        b"Host: other": b"HTTP/1.1 204 No Content",
+    }
+    for change, status in variants.items():
+        name = change.split(b":")[0]
+        lines = [line for line in PREFLIGHT.split(b"\r\n") if not line.startswith(name + b":")]
+        request = b"\r\n".join([lines[0], change, *lines[1:]])
+        head = (await _exchange(proxy.url, request, 1))[0]
+        assert head.split(b"\r\n")[0] == status, change
+    again = (await _exchange(proxy.url, PREFLIGHT.replace(b"/api/x", b"/api/x?q=1"), 1))[0]
+    assert _without_date(again) == _without_date(first)
+    assert [e.decision.verdict for e in proxy.exchanges] == [
+        "allowed", "denied:origin", "denied:origin", "denied:header", "denied:method", "denied:private-network",
+        "allowed", "allowed"]
+    assert [e.path for e in proxy.exchanges][-1] == "/api/x?q=1"  # the log still has each request's own target
+
+
+async def test_a_remembered_answer_gets_a_fresh_date(make_proxy: MakeProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corsproxy import fastpath
+
+    proxy = await make_proxy()
+    first = (await _exchange(proxy.url, PREFLIGHT, 1))[0]
+    monkeypatch.setattr(fastpath, "rfc822_formatted_time", lambda: "Fri, 01 Jan 2100 00:00:00 GMT")
+    second = (await _exchange(proxy.url, PREFLIGHT, 1))[0]
+    assert b"\r\nDate: Fri, 01 Jan 2100 00:00:00 GMT\r\n" in second and second.count(b"Date:") == 1
+    assert _without_date(first) == _without_date(second)
+
+
+async def test_a_reload_forgets_remembered_answers(make_proxy: MakeProxy) -> None:
+    from corsproxy import config as cfg
+    from corsproxy.proxy import LIVE_KEY, Snapshot
+
+    proxy = await make_proxy()
+    assert (await _exchange(proxy.url, PREFLIGHT, 1))[0].startswith(b"HTTP/1.1 204")
+    live = proxy.client.server.app[LIVE_KEY]
+    text = "upstream:\n  url: http://127.0.0.1:9\nrules:\n  - name: app\n    paths: ['/api/**']\n" \
+           "    allow_origins: ['https://other.example.org']\n"
+    live.current = Snapshot.build(cfg.parse(text, "reloaded.yaml", env={}))
+    assert (await _exchange(proxy.url, PREFLIGHT, 1))[0].startswith(b"HTTP/1.1 403")
+
+
+def test_the_memo_is_bounded() -> None:
+    from aiohttp.http import HttpVersion11, RawRequestMessage
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from corsproxy import config as cfg
+    from corsproxy.fastpath import MAX_REMEMBERED, MAX_REMEMBERED_CHARS, Memo
+    from corsproxy.proxy import Snapshot
+
+    text = "upstream:\n  url: http://127.0.0.1:9\nrules:\n  - name: all\n    paths: ['/**']\n" \
+           "    allow_origins: ['*']\n"
+    memo = Memo(Snapshot.build(cfg.parse(text, "t.yaml", env={})), {})
+
+    def learn(path: str) -> None:
+        headers = CIMultiDictProxy(CIMultiDict({"Origin": "https://a.example", "Access-Control-Request-Method": "GET"}))
+        msg = RawRequestMessage("OPTIONS", path, HttpVersion11, headers, (), False, None, False, False, URL(path))
+        assert memo.learn(("OPTIONS", path), msg) is not None
+
+    for i in range(MAX_REMEMBERED):
+        learn(f"/{i}")
+    assert len(memo.known) == MAX_REMEMBERED
+    learn("/one-more")
+    assert list(memo.known) == [("OPTIONS", "/one-more")]
+    learn("/" + "x" * MAX_REMEMBERED_CHARS)  # answered, not remembered
+    assert list(memo.known) == [("OPTIONS", "/one-more")]
+
+
+def _without_date(head: bytes) -> bytes:
+    return b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"Date:"))
