@@ -264,15 +264,25 @@ class _Upload:
     limit: int | None
     ex: Exchange
 
+    def ready(self) -> bytes:
+        """What of the body has arrived already (often all of it, with the head)."""
+        try:
+            return self._counted(self.request.content.read_nowait())
+        except HttpProcessingError as exc:
+            raise RequestBodyError(f"malformed request body: {exc}") from exc
+
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self.request.content.iter_any():
-                self.ex.bytes_in += len(chunk)
-                if self.limit is not None and self.ex.bytes_in > self.limit:
-                    raise BodyTooLarge(_over_limit(self.limit))
-                yield chunk
+                yield self._counted(chunk)
         except HttpProcessingError as exc:  # malformed chunked framing, from aiohttp's server parser
             raise RequestBodyError(f"malformed request body: {exc}") from exc
+
+    def _counted(self, chunk: bytes) -> bytes:
+        self.ex.bytes_in += len(chunk)
+        if self.limit is not None and self.ex.bytes_in > self.limit:
+            raise BodyTooLarge(_over_limit(self.limit))
+        return chunk
 
 
 def _over_limit(limit: int | None) -> str:
@@ -304,11 +314,15 @@ async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.St
     if _too_large(request, limit):
         return _done(request, ex, _error(snap, ex.decision, 413, _over_limit(limit)))
     has_body = request.body_exists
-    body = _Upload(request, limit, ex).chunks() if has_body else None
+    body, ready = None, b""
     try:
+        if has_body:
+            upload = _Upload(request, limit, ex)
+            ready = upload.ready()
+            body = None if request.content.at_eof() else upload.chunks()
         upstream = await pool_for(request.app, snap).request(
             request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), body,
-            chunked=has_body and request.content_length is None,
+            chunked=has_body and request.content_length is None, ready=ready,
         )
     except (UpstreamError, RequestBodyError) as exc:
         return _done(request, ex, _failed(request, snap, ex, exc))
@@ -366,6 +380,9 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
             await resp.prepare(request)
             await resp.write_eof(whole)
             return resp
+        # Part of the body is here: the head leaves with it (aiohttp holds the head until the first
+        # write), else at once, so that a client of a stream (SSE) sees the response begin.
+        resp._send_headers_immediately = not upstream.has_data
         await resp.prepare(request)
         if await _stream_body(request, ex, upstream, resp):
             await resp.write_eof()

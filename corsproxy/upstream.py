@@ -25,6 +25,7 @@ import httptools
 READ_HIGH_WATER = 2**18  # buffered body bytes before we stop reading from the upstream
 MAX_HEAD = 64 * 1024  # bytes of response head we hold; more is a broken (or hostile) upstream -> 502
 NO_BODY_STATUSES = frozenset({204, 304})
+LAST_CHUNK = b"0\r\n\r\n"
 
 
 class UpstreamError(Exception):
@@ -196,10 +197,11 @@ class Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self._complete and self.keep_alive and not self.closed and self._exc is None
 
-    def write(self, data: bytes) -> None:
+    def write(self, *parts: bytes) -> None:
+        """Send ``parts`` (one vectored write with uvloop: nothing is copied to join them)."""
         if self.transport is None or self.closed:
             raise UpstreamError("reset", "the upstream connection is closed")
-        self.transport.write(data)
+        self.transport.writelines(parts)
 
     async def drain(self) -> None:
         if self.closed:
@@ -269,14 +271,22 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
-                      body: AsyncIterable[bytes] | None, chunked: bool) -> UpstreamResponse:
-        """Send a request; returns once the response head is in. The caller must ``release``."""
-        head = _encode_head(method, target, headers, chunked)
+                      body: AsyncIterable[bytes] | None, chunked: bool, ready: bytes = b"") -> UpstreamResponse:
+        """Send a request; returns once the response head is in. The caller must ``release``.
+
+        ``ready`` is the start of the body, already at hand: it leaves with the head in one write (a
+        separate write would cost a syscall, and the upstream a read). ``body`` is the rest, if any.
+        """
+        head = [_encode_head(method, target, headers, chunked)]
+        if ready:
+            head.extend(_frame(ready, chunked))
+        if chunked and body is None:
+            head.append(LAST_CHUNK)
         for attempt in (0, 1):
             conn, reused = await self._acquire()
             conn.start(head_only=method == "HEAD")
             try:
-                conn.write(head)
+                conn.write(*head)
             except UpstreamError:
                 self._discard(conn)
                 continue
@@ -287,7 +297,7 @@ class Pool:
                 exchange.release()
                 # A pooled connection the upstream had already closed: safe to retry only
                 # when nothing of a body was sent and the answer never started.
-                if attempt == 0 and reused and body is None and exc.kind == "reset":
+                if attempt == 0 and reused and body is None and not ready and exc.kind == "reset":
                     continue
                 raise
             except BaseException:
@@ -398,16 +408,21 @@ class UpstreamResponse:
     def whole_body(self) -> bytes | None:
         return self.conn.whole_body()
 
+    @property
+    def has_data(self) -> bool:
+        """Some of the body has arrived and is waiting to be read."""
+        return bool(self.conn._body)
+
     async def _send(self, body: AsyncIterable[bytes], chunked: bool) -> None:
         conn = self.conn
         try:
             async for chunk in body:
                 if not chunk:
                     continue
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                conn.write(*_frame(chunk, chunked))
                 await conn.drain()
             if chunked:
-                conn.write(b"0\r\n\r\n")
+                conn.write(LAST_CHUNK)
         except asyncio.CancelledError:
             conn.fail(UpstreamError("reset", "request body abandoned"))
             raise
@@ -424,6 +439,11 @@ class UpstreamResponse:
             writer.cancel()
             self.conn.fail(UpstreamError("reset", "request body abandoned"))
         self.pool._put_back(self.conn)
+
+
+def _frame(chunk: bytes, chunked: bool) -> tuple[bytes, ...]:
+    """``chunk`` as parts of a write: framed as one chunk of a chunked body, without copying it."""
+    return (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
 
 
 def _encode_head(method: str, target: str, headers: list[tuple[str, str]], chunked: bool) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -128,6 +130,32 @@ async def test_chunked_body_under_the_limit_passes(make_proxy: MakeProxy, upstre
     resp = await proxy.client.post("/upload", data=chunks(4), headers={"Origin": APP})
     body = await resp.json()
     assert body == {"sha256": body["sha256"], "size": 4 * 2**14, "chunked": True}
+
+
+def _chunked_post(body: bytes) -> bytes:
+    """A chunked POST to /upload, head and whole body in one piece (they reach the proxy together)."""
+    return (b"POST /upload HTTP/1.1\r\nHost: proxy\r\nOrigin: " + APP.encode() +
+            b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body)
+
+
+async def test_chunked_body_over_the_limit_that_came_with_the_head_never_reaches_the_upstream(
+        make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, extra="limits:\n  max_body_size: 1KiB\n")
+    resp = await raw_request(proxy.url, _chunked_post(b"401\r\n" + b"x" * 1025 + b"\r\n0\r\n\r\n"))
+    assert resp.status == 413 and b"max_body_size" in resp.body
+    assert cors_headers(resp.headers) == ERROR_CORS
+    assert upstream.count() == 0
+    ok = await raw_request(proxy.url, _chunked_post(b"400\r\n" + b"x" * 1024 + b"\r\n0\r\n\r\n"))
+    assert json.loads(ok.body) == {"sha256": hashlib.sha256(b"x" * 1024).hexdigest(), "size": 1024, "chunked": True}
+
+
+async def test_chunked_body_that_came_with_the_head_is_forwarded_framed(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy(RULES)
+    for body, data in [(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", b"abcde"), (b"0\r\n\r\n", b"")]:
+        resp = await raw_request(proxy.url, _chunked_post(body))
+        assert resp.status == 200
+        assert json.loads(resp.body) == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                                         "chunked": True}
 
 
 @pytest.mark.parametrize("path", ["/public/..%2Fadmin", "/public/%2e%2e/admin", "/a/./b", "/a/%2E/b", "/x/..\\y"],
