@@ -4,12 +4,14 @@ aiohttp's per-request machinery (a ``Request``, a Task, ``StreamResponse.prepare
 is most of what a preflight costs and a third of a small proxied GET (bench/README.md). For the
 commonest requests the proxy answers them from the parsed message instead:
 
-- a request the decision answers itself (an allowed or denied preflight, a rejected origin):
-  the whole response, as bytes;
-- a bodiless ``GET``/``HEAD`` to forward: a coroutine that relays it through the same pool.
+- a bodiless request the decision answers itself (an allowed or denied preflight, a rejected
+  origin): the whole response, as bytes;
+- a request to forward with no body, or a ``Content-Length`` body that arrived with its head: a
+  coroutine that relays it through the same pool, the body leaving with the head in one write.
 
-Everything else — bodies, WebSockets, odd targets, ``Connection: close`` — returns None and takes
-aiohttp's path in :mod:`proxy`. Both paths share the decision (``policy.decide``), the headers
+Everything else — bodies still arriving, chunked or over ``limits.max_body_size`` or with
+``Expect``, WebSockets, odd targets, ``Connection: close`` — returns None and takes aiohttp's path
+in :mod:`proxy`. Both paths share the decision (``policy.decide``), the headers
 (``respond_headers``, ``upstream_headers``, ``relay_headers``), the error mapping (``failure``) and
 the observers, and tests/test_fastpath.py holds them to the same bytes.
 """
@@ -25,6 +27,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .guard import FastAnswer, GuardedHandler
@@ -47,9 +50,6 @@ from .proxy import (
 from .upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("corsproxy")
-
-FORWARDED_METHODS = frozenset({"GET", "HEAD"})
-
 
 @dataclass(slots=True)
 class Message:
@@ -117,7 +117,8 @@ def fast_answerer(app: web.Application) -> FastAnswer:
     """The ``fast_answer`` for the proxy app's connections."""
     memo: Memo | None = None
 
-    def answer(msg: RawRequestMessage, handler: GuardedHandler) -> bytes | Coroutine[Any, Any, None] | None:
+    def answer(msg: RawRequestMessage, payload: StreamReader,
+               handler: GuardedHandler) -> bytes | Coroutine[Any, Any, None] | None:
         nonlocal memo
         if msg.upgrade or not msg.path.startswith("/"):
             return None
@@ -128,15 +129,24 @@ def fast_answerer(app: web.Application) -> FastAnswer:
         known = memo.known.get(key) or memo.learn(key, msg)
         if known is None:
             return None
-        if known.head is not None:
+        has_body = payload is not EMPTY_PAYLOAD
+        if known.head is not None and not has_body:
             return _answered(app, known, msg, _client(handler))
         host = msg.headers.get("Host")
-        if msg.method not in FORWARDED_METHODS or not host:
+        if known.head is not None or not host or (has_body and not _takes_body(snap, msg)):
             return None
         request = Message(msg.method, msg.path, msg.headers, _client(handler), _scheme(handler), host)
-        return _relayed(app, snap, known.decision, request, handler)
+        return _relayed(app, snap, known.decision, request, handler, payload)
 
     return answer
+
+
+def _takes_body(snap: Snapshot, msg: RawRequestMessage) -> bool:
+    """A body this path forwards: ``Content-Length`` framed, within the limit, no ``100-continue`` to send."""
+    if msg.chunked or "Expect" in msg.headers:
+        return False
+    limit = snap.config.limits.max_body_size
+    return limit is None or int(msg.headers.get("Content-Length", "0")) <= limit
 
 
 def _client(handler: GuardedHandler) -> str:
@@ -159,15 +169,16 @@ def _answered(app: web.Application, known: Known, msg: RawRequestMessage, client
 
 
 async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
-                   handler: GuardedHandler) -> None:
-    ex = Exchange(request.method, request.raw_path, request.remote or "-", decision)
+                   handler: GuardedHandler, payload: StreamReader) -> None:
+    body = payload.read_nowait()  # all of it is here (guard.FastAnswer)
+    ex = Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(body))
     for hook in app[STARTED_KEY]:
         hook(ex)
     try:
         try:
             upstream = await pool_for(app, snap).request(
                 request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), None,
-                chunked=False)
+                chunked=False, ready=body)
         except UpstreamError as exc:
             status, message = failure(request, snap, ex, exc)
             _write_error(handler, snap, ex, status, message)

@@ -18,9 +18,9 @@ close those gaps:
   of headers, not their sum) -> ``431`` and close.
 
 It also carries the connection-level fast path (``fast_answer``, supplied by fastpath.py):
-an HTTP/1.1 keep-alive request with no body that the proxy can answer from the parsed message is
-answered (or relayed by a task) before aiohttp makes a request of it; aiohttp's loop is held back
-meanwhile, so pipelined requests are still answered in order.
+an HTTP/1.1 keep-alive request with no body, or with all of its body already read, that the proxy
+can answer from the parsed message is answered (or relayed by a task) before aiohttp makes a request
+of it; aiohttp's loop is held back meanwhile, so pipelined requests are still answered in order.
 
 Everything else that is malformed (request line, header syntax, lengths, duplicate or
 conflicting ``Content-Length``/``Transfer-Encoding``, chunk syntax, header count and size)
@@ -56,10 +56,11 @@ CLOSING_RESPONSE = (
 )
 
 
-# Given a parsed request (no body, keep-alive) and its connection: the whole response's bytes, or a
-# coroutine that relays it (writing to ``handler.transport``), when it can be answered without aiohttp's
-# request objects; else None, and aiohttp's loop takes the request.
-FastAnswer = Callable[[RawRequestMessage, "GuardedHandler"], "bytes | Coroutine[Any, Any, None] | None"]
+# Given a parsed keep-alive request, its body (EMPTY_PAYLOAD, or a StreamReader that has all of it) and its
+# connection: the whole response's bytes, or a coroutine that relays it (writing to ``handler.transport``), when
+# it can be answered without aiohttp's request objects; else None, and aiohttp's loop takes the request.
+# Only the coroutine may read the body: reading can resume a paused transport, which re-enters data_received.
+FastAnswer = Callable[[RawRequestMessage, StreamReader, "GuardedHandler"], "bytes | Coroutine[Any, Any, None] | None"]
 
 
 class GuardedHandler(web_protocol.RequestHandler):
@@ -92,7 +93,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         before = len(self._messages)
         waiter = self._waiter
         waiting = waiter is not None and not waiter.done()
-        idle = waiting and self._fast_task is None  # a fast answer being relayed is a request in progress
+        # A fast answer being relayed is a request in progress; b"" is aiohttp re-parsing after a pause.
+        idle = waiting and self._fast_task is None and bool(data)
         in_head = self._header_timer is not None or idle
         if in_head:
             self._head_bytes = self._head_bytes + len(data) if self._header_timer is not None else len(data)
@@ -137,12 +139,12 @@ class GuardedHandler(web_protocol.RequestHandler):
         while self._messages and self.transport is not None and not self._force_close:
             msg, payload = self._messages[0]
             # HTTP/1.1 keep-alive only: an HTTP/1.0 client needs "Connection: keep-alive" and no chunking,
-            # which aiohttp's own path handles.
-            if not isinstance(msg, RawRequestMessage) or payload is not EMPTY_PAYLOAD or msg.should_close \
-                    or msg.version != HttpVersion11:
+            # which aiohttp's own path handles. A body must be all here (no waiting, no body timer).
+            if not isinstance(msg, RawRequestMessage) or msg.should_close or msg.version != HttpVersion11 \
+                    or (payload is not EMPTY_PAYLOAD and not payload.is_eof()):
                 break
             assert self._fast_answer is not None
-            answer = self._fast_answer(msg, self)
+            answer = self._fast_answer(msg, payload, self)
             if answer is None:
                 break
             self._messages.popleft()

@@ -78,9 +78,9 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     """The runner for the proxy app.
 
     handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
-    fast_preflights: the commonest requests (answered preflights, bodiless GET/HEAD) are answered at the
-    connection (fastpath.py), which skips aiohttp's request and response objects and so
-    ``on_response_prepare`` hooks (the demo taps those).
+    fast_preflights: the commonest requests (answered preflights, keep-alive requests whose body, if
+    any, came with the head) are answered at the connection (fastpath.py), which skips aiohttp's
+    request and response objects and so ``on_response_prepare`` hooks (the demo taps those).
     """
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout,

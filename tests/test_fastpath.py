@@ -7,6 +7,9 @@ leave everything it does not answer to the normal path.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
 
 import pytest
 from yarl import URL
@@ -49,19 +52,41 @@ async def _exchange(url: str, data: bytes, answers: int) -> list[bytes]:
     return heads
 
 
-async def test_preflights_and_bodiless_gets_make_no_aiohttp_request_but_are_observed(make_proxy: MakeProxy,
-                                                                                     upstream: Upstream) -> None:
+async def test_preflights_and_whole_requests_make_no_aiohttp_request_but_are_observed(make_proxy: MakeProxy,
+                                                                                      upstream: Upstream) -> None:
     proxy = await make_proxy()
     resp = await proxy.client.options("/api/x", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "PUT"})
     assert resp.status == 204
     resp = await proxy.client.get("/api/x", headers={"Origin": ORIGIN})
     assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == ORIGIN
-    assert _aiohttp_requests(proxy) == 0  # both answered on the connection
     resp = await proxy.client.post("/api/x", data=b"body", headers={"Origin": ORIGIN})
-    assert resp.status == 200 and _aiohttp_requests(proxy) == 1  # a body takes aiohttp's path
-    assert [(e.method, e.status, e.decision.verdict) for e in proxy.exchanges] == [
-        ("OPTIONS", 204, "allowed"), ("GET", 200, "allowed"), ("POST", 200, "allowed")]
+    assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert (await resp.json())["body_len"] == 4
+    assert _aiohttp_requests(proxy) == 0  # all three answered on the connection
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield b"bo"
+        yield b"dy"
+
+    resp = await proxy.client.post("/api/x", data=chunked(), headers={"Origin": ORIGIN})
+    assert resp.status == 200 and _aiohttp_requests(proxy) == 1  # a chunked body takes aiohttp's path
+    assert (await resp.json())["body_len"] == 4
+    assert [(e.method, e.status, e.decision.verdict, e.bytes_in) for e in proxy.exchanges] == [
+        ("OPTIONS", 204, "allowed", 0), ("GET", 200, "allowed", 0), ("POST", 200, "allowed", 4),
+        ("POST", 200, "allowed", 4)]
     assert upstream.count("OPTIONS") == 0 and upstream.count("GET") == 1
+
+
+@pytest.mark.parametrize(("extra", "request_bytes", "statuses"), [
+    ("", POST.replace(b"Content-Length: 2", b"Expect: 100-continue\r\nContent-Length: 2"), [b"100", b"200"]),
+    ("limits:\n  max_body_size: 1\n", POST, [b"413"]),
+], ids=["expect-continue", "over-max-body-size"])
+async def test_bodies_the_connection_path_leaves_to_aiohttp(make_proxy: MakeProxy, upstream: Upstream, extra: str,
+                                                            request_bytes: bytes, statuses: list[bytes]) -> None:
+    proxy = await make_proxy(extra=extra)
+    heads = await _exchange(proxy.url, request_bytes, len(statuses))
+    assert [head.split(b" ")[1] for head in heads] == statuses and _aiohttp_requests(proxy) == 1
+    assert upstream.count("POST") == (statuses[-1] == b"200")
 
 
 async def test_pipelined_requests_are_answered_in_order(make_proxy: MakeProxy, upstream: Upstream) -> None:
@@ -77,8 +102,8 @@ async def test_pipelined_requests_are_answered_in_order(make_proxy: MakeProxy, u
     assert [r.method for r in upstream.seen] == ["GET", "POST", "POST", "GET"]
 
 
-@pytest.mark.parametrize("request_bytes", [DENIED, PREFLIGHT, GET, GET.replace(b"GET", b"HEAD")],
-                         ids=["denied-preflight", "preflight", "get", "head"])
+@pytest.mark.parametrize("request_bytes", [DENIED, PREFLIGHT, GET, GET.replace(b"GET", b"HEAD"), POST],
+                         ids=["denied-preflight", "preflight", "get", "head", "post"])
 async def test_fast_and_normal_paths_give_the_same_headers(make_proxy: MakeProxy, request_bytes: bytes) -> None:
     proxy = await make_proxy(extra="debug:\n  decision_header: true\n")
     fast = (await _exchange(proxy.url, request_bytes, 1))[0]
@@ -93,6 +118,24 @@ async def test_fast_and_normal_paths_give_the_same_headers(make_proxy: MakeProxy
 
     assert lines(fast) == lines(slow)
     assert b"CORS-Decision: rule=app; verdict=" in fast
+
+
+async def test_a_large_body_then_a_get_on_one_connection(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy()
+    big = b"z" * 100_000  # over aiohttp's read-pause mark: reading it resumes the paused connection
+    post = POST.replace(b"Content-Length: 2\r\n\r\nhi", b"Content-Length: %d\r\n\r\n%b" % (len(big), big))
+    target = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    writer.write(post + GET)
+    answers = []
+    for _ in range(2):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        answers.append((head.split(b"\r\n")[0], await asyncio.wait_for(reader.readexactly(length), 5)))
+    writer.close()
+    assert [status for status, _ in answers] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]
+    assert json.loads(answers[0][1])["body_sha256"] == hashlib.sha256(big).hexdigest()
+    assert [r.method for r in upstream.seen] == ["POST", "GET"]
 
 
 async def test_an_http10_keep_alive_get_takes_aiohttp_path(make_proxy: MakeProxy) -> None:
