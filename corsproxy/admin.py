@@ -25,10 +25,11 @@ class AdminState:
     """What the admin handlers read; ``draining`` turns /readyz to 503 when shutdown starts."""
 
     def __init__(self, config: Callable[[], Config], registry: CollectorRegistry,
-                 decisions: Callable[[], Awaitable[Any]]) -> None:
+                 decisions: Callable[[], Awaitable[Any]], before_scrape: Callable[[], None] | None = None) -> None:
         self.config = config
         self.registry = registry
         self.decisions = decisions  # -> an object with to_json() and, optionally, render_html()
+        self.before_scrape = before_scrape  # brings the registry up to date (Metrics.publish)
         self.draining = False
 
 
@@ -80,7 +81,10 @@ async def upstream_reachable(host: str, port: int, timeout: float) -> str | None
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[ADMIN_KEY].registry)
+    state = request.app[ADMIN_KEY]
+    if state.before_scrape is not None:
+        state.before_scrape()
+    body = generate_latest(state.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

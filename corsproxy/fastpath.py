@@ -96,17 +96,14 @@ class Memo:
             path = decode_path(msg.path)
         except BadPath:
             return None
-        request = CorsRequest.from_headers(msg.method, path, msg.headers)
-        decision = decide(self.snap.policy, request)
+        decision = decide(self.snap.policy, CorsRequest.from_headers(msg.method, path, msg.headers))
         known = Known(decision)
         if decision.status is not None and decision.enforce:
             status, body = decision.status, decision.body
             head = _head(self.snap, decision, status, HTTPStatus(status).phrase,
                          CIMultiDict(respond_headers(decision)), body, date=False)
             known = Known(decision, head, body)
-        size = len(path) + sum(map(len, request.origins)) + len(request.request_method or "") + \
-            len(request.request_headers)
-        if size <= MAX_REMEMBERED_CHARS:
+        if len(repr(key)) <= MAX_REMEMBERED_CHARS:  # every client-sent string of the key, and a little more
             if len(self.known) >= MAX_REMEMBERED:
                 self.known.clear()
             self.known[key] = known

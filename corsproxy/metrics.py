@@ -3,7 +3,8 @@
 Two kinds of collectors:
 
 - :class:`Metrics` counts requests. It is fed by the proxy's ``started`` hook and observers
-  (one call each per request, so both stay a few dict look-ups and adds).
+  (one call each per request, so both stay a few dict look-ups and adds) and published to
+  prometheus-client's objects by the admin's scrape and the server's one-second poll.
 - :class:`ConfigState` holds ``corsproxy_config_reloads_total`` and ``corsproxy_config_info``.
   It is a custom collector read at scrape time, so the process that reloads (the only process,
   or the supervisor with ``--workers``) owns it and nothing is double-counted.
@@ -36,7 +37,13 @@ def verdict_label(verdict: str, enforce: bool) -> str:
 
 
 class Metrics:
-    """Request metrics. ``started``/``observe`` are the proxy hooks (see proxy.Exchange)."""
+    """Request metrics. ``started``/``observe`` are the proxy hooks (see proxy.Exchange).
+
+    The hooks count in plain ints; :meth:`publish` hands the counts to prometheus-client before each
+    scrape, every second and at shutdown. prometheus-client takes a lock on every change (and in
+    multiprocess mode writes a file), which was ~1.5 µs of a ~17 µs preflight. The duration histogram
+    is observed at once: prometheus-client has no public way to add many observations.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter("corsproxy_requests", "Requests answered, by rule, method, status class and "
@@ -53,39 +60,45 @@ class Metrics:
         # livesum: with workers, the sum over live processes (a dead worker's requests are gone with it).
         self.in_flight = Gauge("corsproxy_in_flight_requests", "Requests being handled now",
                                registry=registry, multiprocess_mode="livesum")
-        # Children cached by label tuple: labels() takes a lock and validates on every call.
-        self._requests: dict[tuple[str, str, str, str], Any] = {}
-        self._preflights: dict[tuple[str, str], Any] = {}
+        # Not yet published: (rule, method, status class, verdict, is a preflight) -> requests.
+        self._pending: Tally[tuple[str, str, str, str, bool]] = Tally()
+        self._errors: Tally[str] = Tally()
+        self._bytes = [0, 0]  # in, out
+        self._started = self._finished = 0  # in flight: their difference
 
     def started(self, ex: Any) -> None:
-        self.in_flight.inc()
+        self._started += 1
 
     def observe(self, ex: Any) -> None:
         """Count one finished request (an ``Exchange``)."""
-        self.in_flight.dec()
+        self._finished += 1
         decision = ex.decision
-        verdict = verdict_label(decision.verdict, decision.enforce)
-        rule = decision.rule_name
-        method = ex.method if ex.method in KNOWN_METHODS else "other"
         status = ex.status // 100
-        key = (rule, method, STATUS_CLASSES[status] if 0 <= status < 6 else "0xx", verdict)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(*key)
-        child.inc()
-        if decision.kind == "preflight":
-            pkey = (rule, verdict)
-            pchild = self._preflights.get(pkey)
-            if pchild is None:
-                pchild = self._preflights[pkey] = self.preflights.labels(*pkey)
-            pchild.inc()
+        self._pending[(decision.rule_name, ex.method if ex.method in KNOWN_METHODS else "other",
+                       STATUS_CLASSES[status] if 0 <= status < 6 else "0xx",
+                       verdict_label(decision.verdict, decision.enforce), decision.kind == "preflight")] += 1
         if ex.upstream_error:
-            self.upstream_errors.labels(ex.upstream_error).inc()
+            self._errors[ex.upstream_error] += 1
         self.duration.observe(ex.duration)
-        if ex.bytes_in:
-            self.bytes_in.inc(ex.bytes_in)
-        if ex.bytes_out:
-            self.bytes_out.inc(ex.bytes_out)
+        self._bytes[0] += ex.bytes_in
+        self._bytes[1] += ex.bytes_out
+
+    def publish(self) -> None:
+        """Hand what was counted since the last call to prometheus-client."""
+        pending, self._pending = self._pending, Tally()
+        for (rule, method, status_class, verdict, preflight), n in pending.items():
+            self.requests.labels(rule, method, status_class, verdict).inc(n)
+            if preflight:
+                self.preflights.labels(rule, verdict).inc(n)
+        errors, self._errors = self._errors, Tally()
+        for kind, n in errors.items():
+            self.upstream_errors.labels(kind).inc(n)
+        (bytes_in, bytes_out), self._bytes = self._bytes, [0, 0]
+        if bytes_in:
+            self.bytes_in.inc(bytes_in)
+        if bytes_out:
+            self.bytes_out.inc(bytes_out)
+        self.in_flight.set(self._started - self._finished)
 
 
 class ConfigState(Collector):

@@ -54,7 +54,7 @@ log = logging.getLogger("corsproxy")
 
 WORKER_DIR_ENV = "CORSPROXY_WORKER_DIR"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-POLL_INTERVAL = 1.0  # seconds between looks at the config file (and, in a worker, at its parent)
+POLL_INTERVAL = 1.0  # seconds between looks at the config file (in a worker, at its parent) and metrics published
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_PAUSE = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
 EXIT_STARTUP = 3  # could not listen (uvicorn's STARTUP_FAILURE); a supervisor does not restart such a worker
@@ -225,7 +225,7 @@ class Server:
         self.access = logs.AccessLog(config.logging.access_log)
         self.app = build_app(config, observers=[self.metrics.observe, self.decisions.observe, self.access.observe],
                              started=[self.metrics.started])
-        self.admin = AdminState(self.config, registry, self._decisions)
+        self.admin = AdminState(self.config, registry, self._decisions, before_scrape=self.metrics.publish)
         self.reloader = Reloader(load, self.config_state, self._apply, self.config)
         self.stop = asyncio.Event()
         self.runners: list[web.AppRunner] = []
@@ -289,6 +289,7 @@ class Server:
         parent = os.getppid()
         while True:
             await asyncio.sleep(POLL_INTERVAL)
+            self.metrics.publish()  # a worker's counts reach the supervisor's /metrics through its files
             if self.worker_dir is None:
                 self.reloader.poll()  # a worker's supervisor watches the file for it
             elif os.getppid() != parent:
@@ -302,6 +303,7 @@ class Server:
         # The proxy first (stop accepting, drain), the admin last: /readyz says 503 meanwhile.
         for runner in self.runners:
             await runner.cleanup()
+        self.metrics.publish()
         log.info("stopped (pid %d)", os.getpid())
 
 

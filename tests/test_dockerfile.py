@@ -428,7 +428,12 @@ def test_image_runs_two_workers_on_a_read_only_root_and_stops_them_all(podman, i
         script = ("import os; print(sum(b'corsproxy' in open(f'/proc/{p}/cmdline', 'rb').read() "
                   "for p in os.listdir('/proc') if p.isdigit() and int(p) != os.getpid()))")
         assert podman("exec", running.name, "python", "-c", script).stdout.strip() == "3"
-        status, _, metrics = _request(running.admin_port, "GET", "/metrics", {})
+        deadline = time.monotonic() + 5  # a worker publishes its counts once a second
+        while True:
+            status, _, metrics = _request(running.admin_port, "GET", "/metrics", {})
+            if b"corsproxy_requests_total{" in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert status == 200 and b"corsproxy_requests_total{" in metrics
         podman("stop", "-t", "10", running.name, timeout=30)
         assert podman("inspect", running.name, "--format", "{{.State.ExitCode}}").stdout.strip() == "0"

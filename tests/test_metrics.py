@@ -53,7 +53,8 @@ class Stack:
             return DecisionLog()
 
         assert self.config is not None
-        admin = await self.client(build_admin(AdminState(lambda: self.config, self.registry, decisions)))
+        admin = await self.client(build_admin(AdminState(lambda: self.config, self.registry, decisions,
+                                                         before_scrape=self.metrics.publish)))
         resp = await admin.get("/metrics")
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain; version=")

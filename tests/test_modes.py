@@ -156,7 +156,8 @@ async def test_report_only_denials_reach_access_log_metrics_and_admin_decisions(
     async def decisions() -> DecisionLog:
         return log
 
-    admin = await aiohttp_client(build_admin(AdminState(lambda: config, registry, decisions)))
+    admin = await aiohttp_client(build_admin(AdminState(lambda: config, registry, decisions,
+                                                        before_scrape=metrics.publish)))
     with caplog.at_level("INFO", logger=ACCESS_LOGGER):
         resp = await proxy.options("/api/x", headers={"Origin": APP, "Access-Control-Request-Method": "DELETE"})
     assert resp.status == 200 and upstream.count("OPTIONS") == 1

@@ -274,8 +274,9 @@ def test_preflight_is_allowed_exactly_when_all_its_checks_pass(rule: dict, drawn
         all(TCHAR.fullmatch(n) and (allowed_headers is None or n.lower() in allowed_headers) for n in names),
         rule["pna"] or not request.private_network,
     ]
-    if len(request.origins) == 1 and parts[0][1] is None and request.origins[0] not in ORIGIN_EXTRAS:
-        checks[0] = "star" in rule["kinds"] and False  # junk is never a valid origin, even for "*"
+    value = request.origins[0] if len(request.origins) == 1 else None
+    if value is not None and parts[0][1] is None and (value not in ORIGIN_EXTRAS or value == ""):
+        checks[0] = False  # junk (or an empty Origin) is never a valid origin, even for "*"
     assert (decision.verdict == "allowed") == all(checks), (rule, request, decision)
     headers = response_headers(decision, request)
     if decision.verdict == "allowed":
