@@ -67,7 +67,7 @@ class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes", "_fast_answer", "_fast_task")
+                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
                  fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
@@ -81,6 +81,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._last_rx = 0.0
         self._quiet = False
         self._head_bytes = 0
+        self._rx = self._rx_mark = 0  # bytes received; at most where the next request's head began
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -90,6 +91,8 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
+        start = self._rx
+        self._rx = start + len(data)
         before = len(self._messages)
         waiter = self._waiter
         waiting = waiter is not None and not waiter.done()
@@ -109,7 +112,11 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._waiter = waiter
         if len(self._messages) > before:
             self._cancel(header=True)
-            self._check_new(before)
+            # A new message's head lies within the bytes since the chunk the previous one ended in; a
+            # re-parse (b"") may hold older bytes back.
+            self._check_new(before, sized=not data or self._rx - self._rx_mark > MAX_HEAD)
+            if data:
+                self._rx_mark = start
             if hold and self._fast_task is None:
                 self._answer_fast()
         elif in_head and self._head_bytes > MAX_HEAD and not self._force_close and self.transport is not None:
@@ -121,12 +128,13 @@ class GuardedHandler(web_protocol.RequestHandler):
         elif idle and self._header_timer is None and not self._force_close:
             self._arm_header_timer()  # first bytes of the next keep-alive request
 
-    def _check_new(self, before: int) -> None:
+    def _check_new(self, before: int, sized: bool) -> None:
+        """Refuse new messages with faulty framing; ``sized``: their heads may be over MAX_HEAD."""
         for i in range(before, len(self._messages)):
             msg, payload = self._messages[i]
             if not isinstance(msg, RawRequestMessage):
                 continue
-            status, problem = _framing_problem(msg)
+            status, problem = _framing_problem(msg, sized)
             if problem is not None:
                 # Handled like any other parse error: aiohttp's error response and a closed connection.
                 self._messages[i] = (web_protocol._ErrInfo(status, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
@@ -271,12 +279,12 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._loop.call_later(LINGER, transport.close)
 
 
-def _framing_problem(msg: RawRequestMessage) -> tuple[int, str | None]:
+def _framing_problem(msg: RawRequestMessage, sized: bool) -> tuple[int, str | None]:
     if msg.version < HttpVersion10:
         return 400, "HTTP/0.9 request (no HTTP version in the request line) is not supported"
     if msg.version == HttpVersion10 and "Transfer-Encoding" in msg.headers:
         return 400, "Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 section 6.1)"
-    if len(msg.path) + sum(len(name) + len(value) + 4 for name, value in msg.raw_headers) > MAX_HEAD:
+    if sized and len(msg.path) + sum(len(name) + len(value) + 4 for name, value in msg.raw_headers) > MAX_HEAD:
         return 431, f"request head over {MAX_HEAD} bytes"
     return 400, None
 

@@ -102,6 +102,26 @@ async def test_request_head_over_64_kib_in_all_gets_431_and_is_never_forwarded(
     await assert_still_serving(served.url)
 
 
+@pytest.mark.parametrize("first", [b"GET /slow?s=0.3 HTTP/1.1\r\n" + H + b"\r\n",
+                                   b"POST /slow?s=0.3 HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\nhi"],
+                         ids=["behind-a-get", "behind-a-post"])
+async def test_request_head_over_64_kib_that_began_behind_a_request_in_progress_gets_431(
+        served: Served, recorder: Recorder, first: bytes) -> None:
+    # Half of the big head arrives with the first request, while that one is relayed; the rest later.
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    half = len(BIG_HEAD) // 2
+    writer.write(first + BIG_HEAD[:half])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    with contextlib.suppress(ConnectionError):
+        writer.write(BIG_HEAD[half:])
+        await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert status_of(response) == 200 and b" 431 Request Header Fields Too Large\r\n" in response
+    assert [s.path for s in recorder.seen] == ["/slow?s=0.3"]
+
+
 async def test_request_head_of_48_kib_in_all_is_forwarded(served: Served, recorder: Recorder) -> None:
     head = b"GET /api/x HTTP/1.1\r\n" + H + b"".join(b"X-Fill-%d: %s\r\n" % (i, b"v" * 1200) for i in range(40))
     response = await raw_exchange(served.port, head + b"Connection: close\r\n\r\n")
