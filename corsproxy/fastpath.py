@@ -127,10 +127,10 @@ def fast_answerer(app: web.Application) -> FastAnswer:
         if known is None:
             return None
         has_body = payload is not EMPTY_PAYLOAD
-        if known.head is not None and not has_body:
-            return _answered(app, known, msg, _client(handler))
+        if known.head is not None:  # answered here, unless a body must be read first (rare: a rejection)
+            return None if has_body else _answered(app, known, msg, _client(handler))
         host = msg.headers.get("Host")
-        if known.head is not None or not host or (has_body and not _takes_body(snap, msg)):
+        if not host or (has_body and not _takes_body(snap, msg)):
             return None
         request = Message(msg.method, msg.path, msg.headers, _client(handler), _scheme(handler), host)
         return _relayed(app, snap, known.decision, request, handler, payload)
