@@ -102,7 +102,7 @@ class Memo:
             status, body = decision.status, decision.body
             head = _head(self.snap, decision, status, HTTPStatus(status).phrase,
                          CIMultiDict(respond_headers(decision)), body, date=False)
-            known = Known(decision, head, body)
+            known = Known(decision, head, b"" if msg.method == "HEAD" else body)  # HEAD: the length, no body
         if len(repr(key)) <= MAX_REMEMBERED_CHARS:  # every client-sent string of the key, and a little more
             if len(self.known) >= MAX_REMEMBERED:
                 self.known.clear()

@@ -178,7 +178,8 @@ def _rule_path(raw_path: str) -> str:
 
 def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Response:
     ex.status = resp.status
-    ex.bytes_out = len(resp.body or b"") if isinstance(resp.body, bytes) else 0
+    sent = request.method != "HEAD" and isinstance(resp.body, bytes)  # aiohttp sends a HEAD answer's length only
+    ex.bytes_out = len(resp.body or b"") if sent else 0
     return resp
 
 

@@ -173,6 +173,22 @@ async def test_a_remembered_answer_is_given_only_to_the_same_cors_inputs(make_pr
     assert [e.path for e in proxy.exchanges][-1] == "/api/x?q=1"  # the log still has each request's own target
 
 
+async def test_a_rejected_head_gets_the_length_of_the_403_but_no_body(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy("rules:\n  - name: app\n    paths: ['/api/**']\n"
+                             "    allow_origins: ['https://app.example.com']\n    disallowed_origin: reject\n")
+    head = GET.replace(b"GET", b"HEAD").replace(ORIGIN.encode(), b"https://evil.example.net")
+    target = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    writer.write(head + head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))  # fast, then aiohttp's
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    answers = data.split(b"\r\n\r\n")
+    assert len(answers) == 3 and answers[2] == b""  # two heads, no body bytes after either
+    assert [a.split(b"\r\n")[0] for a in answers[:2]] == [b"HTTP/1.1 403 Forbidden"] * 2
+    assert b"Content-Length: 66" in answers[0] and b"Content-Length: 66" in answers[1]
+    assert [(e.status, e.bytes_out) for e in proxy.exchanges] == [(403, 0), (403, 0)]
+
+
 async def test_a_remembered_answer_gets_a_fresh_date(make_proxy: MakeProxy, monkeypatch: pytest.MonkeyPatch) -> None:
     from corsproxy import fastpath
 
