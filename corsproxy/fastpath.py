@@ -204,7 +204,7 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
     elif has_body and "Content-Length" not in headers:
         chunked = True  # the upstream's framing (chunked, or until close) is not ours to pass on
         headers["Transfer-Encoding"] = "chunked"
-    head = _serialize(snap, None, status, upstream.reason, headers, b"")
+    head = _head(snap, None, status, upstream.reason, headers, b"") + b"\r\n"
     transport = handler.transport
     if transport is None:
         return
@@ -238,14 +238,11 @@ def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: 
     body = (message + "\n").encode()
     headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
     finish(ex.decision, headers)
-    ex.status, ex.bytes_out = status, len(body)
+    head = _head(snap, ex.decision, status, HTTPStatus(status).phrase, headers, body)
+    sent = b"" if ex.method == "HEAD" else body  # HEAD: the length, no body
+    ex.status, ex.bytes_out = status, len(sent)
     if handler.transport is not None:
-        handler.transport.write(_serialize(snap, ex.decision, status, HTTPStatus(status).phrase, headers, body))
-
-
-def _serialize(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],
-               body: bytes) -> bytes:
-    return _head(snap, decision, status, reason, headers, body) + b"\r\n" + body
+        handler.transport.write(head + b"\r\n" + sent)
 
 
 def _head(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],

@@ -40,6 +40,22 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
+async def test_a_head_whose_upstream_is_refused_gets_the_502s_length_but_no_body(make_proxy: MakeProxy,
+                                                                                 closed_port: int) -> None:
+    proxy = await make_proxy(RULES, upstream_url=f"http://127.0.0.1:{closed_port}/v1")
+    head = f"HEAD /x HTTP/1.1\r\nHost: proxy\r\nOrigin: {APP}\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.client.port)
+    # Keep-alive (the connection-level path), then Connection: close (aiohttp's path).
+    writer.write(head + head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    answers = data.split(b"\r\n\r\n")
+    assert len(answers) == 3 and answers[2] == b""  # two heads, no body bytes after either
+    assert [a.split(b"\r\n")[0] for a in answers[:2]] == [b"HTTP/1.1 502 Bad Gateway"] * 2
+    assert all(b"\r\nContent-Length: " in a for a in answers[:2])
+    assert [(e.status, e.bytes_out, e.upstream_error) for e in proxy.exchanges] == [(502, 0, "refused")] * 2
+
+
 @pytest.fixture
 def black_hole() -> Iterator[int]:
     """A loopback port whose accept queue is full, so a new connect hangs (its SYN is dropped)."""
