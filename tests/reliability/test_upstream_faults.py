@@ -37,6 +37,7 @@ class FakeUpstream:
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.requests = 0
+        self.connections = 0
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", self.port, reuse_address=True)
@@ -51,6 +52,7 @@ class FakeUpstream:
             self.server = None
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         self.writers.add(writer)
         try:
             while await read_request(reader):
@@ -100,6 +102,31 @@ async def hang_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     await writer.drain()
     await asyncio.sleep(30)
     return False
+
+
+BODY = bytes(range(256)) * 1024  # 256 KiB
+
+
+async def body_in_pieces(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Head and a bit of the body, then the rest in uneven pieces (the proxy reads it without its parser)."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:100])
+    for start, end in ((100, 101), (101, 70_000), (70_000, len(BODY))):
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(BODY[start:end])
+    await writer.drain()
+    return True
+
+
+async def bytes_past_the_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """A body longer than its Content-Length: what follows it must be neither relayed nor read as a response."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY[:1000])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(BODY[1000:] + OK)
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    return True
 
 
 def malformed(payload: bytes) -> Behaviour:
@@ -233,6 +260,36 @@ async def test_upstream_reset_mid_response_aborts_the_client_body_and_recovers(p
             status, body, _ = await get(url)
             assert status == 200 and isinstance(body, aiohttp.ClientPayloadError), body
             await assert_recovers(url, fake)
+
+
+async def test_a_content_length_body_in_pieces_arrives_whole(proxy: tuple[str, int], fake: FakeUpstream) -> None:
+    url, pid = proxy
+    async with no_leak(pid, fake):
+        for _ in range(3):
+            fake.behaviour = body_in_pieces
+            status, body, headers = await get(url)
+            assert status == 200 and body == BODY and headers["Content-Length"] == str(len(BODY))
+            await assert_recovers(url, fake)
+
+
+async def test_bytes_past_a_content_length_body_are_dropped_with_the_connection(proxy: tuple[str, int],
+                                                                              fake: FakeUpstream) -> None:
+    url, pid = proxy
+    host, port = url.removeprefix("http://").split(":")
+    async with no_leak(pid, fake):
+        for _ in range(3):
+            fake.behaviour = bytes_past_the_body
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: p\r\nOrigin: " + ALLOWED.encode() + b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert b"\r\nContent-Length: %d\r\n" % len(BODY) in head
+            assert await asyncio.wait_for(reader.readexactly(len(BODY)), 5) == BODY
+            with pytest.raises(asyncio.TimeoutError):  # nothing after the body on the client's connection
+                await asyncio.wait_for(reader.read(1), 0.5)
+            writer.close()
+            connections = fake.connections
+            await assert_recovers(url, fake)
+            assert fake.connections == connections + 1  # the upstream connection that broke framing is not reused
 
 
 async def test_upstream_hanging_before_headers_gets_504_after_read_timeout(proxy: tuple[str, int],
