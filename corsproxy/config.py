@@ -88,6 +88,8 @@ class UpstreamConfig:
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_body_size: int | None = 10 * 1024**2
+    header_timeout: float = 20.0  # seconds for a request head (nginx client_header_timeout)
+    body_timeout: float = 30.0  # seconds without a byte of a request body (nginx client_body_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +387,11 @@ _UPSTREAM = {
     "forwarded_headers": _Field(_bool, True),
     "rewrite_location": _Field(_bool, True),
 }
-_LIMITS = {"max_body_size": _Field(_size, 10 * 1024**2)}
+_LIMITS = {
+    "max_body_size": _Field(_size, 10 * 1024**2),
+    "header_timeout": _Field(_number(0.1), 20.0),
+    "body_timeout": _Field(_number(0.1), 30.0),
+}
 _ADMIN = {"host": _Field(_str), "port": _Field(_int(0, 65535), 9901)}
 _LOGGING = {
     "level": _Field(_choice("debug", "info", "warning", "error"), "info"),

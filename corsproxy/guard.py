@@ -310,11 +310,16 @@ class GuardedServer(web.Server):
     def __call__(self) -> GuardedHandler:
         return GuardedHandler(self, loop=self._loop, **self._guard, **self._kwargs)
 
+    def set_timeouts(self, header_timeout: float, body_timeout: float) -> None:
+        """For connections opened from now on (a reload)."""
+        self._guard.update(header_timeout=header_timeout, body_timeout=body_timeout)
+
 
 class GuardedRunner(web.AppRunner):
     """``web.AppRunner`` whose server makes :class:`GuardedHandler` connections.
 
-    ``header_timeout``/``body_timeout`` are attributes so a test may shorten them before ``setup()``.
+    ``header_timeout``/``body_timeout`` are attributes so a test may shorten them before ``setup()``;
+    :meth:`set_timeouts` changes them for new connections after it.
     """
 
     def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT,
@@ -323,6 +328,11 @@ class GuardedRunner(web.AppRunner):
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.fast_answer = fast_answer
+
+    def set_timeouts(self, header_timeout: float, body_timeout: float) -> None:
+        self.header_timeout, self.body_timeout = header_timeout, body_timeout
+        if isinstance(self.server, GuardedServer):
+            self.server.set_timeouts(header_timeout, body_timeout)
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()

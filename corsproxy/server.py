@@ -74,7 +74,7 @@ def server_ssl(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-def make_runner(app: web.Application, config: Config, *, fast_preflights: bool = True) -> web.AppRunner:
+def make_runner(app: web.Application, config: Config, *, fast_preflights: bool = True) -> GuardedRunner:
     """The runner for the proxy app.
 
     handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
@@ -84,6 +84,7 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     """
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout,
+                         header_timeout=config.limits.header_timeout, body_timeout=config.limits.body_timeout,
                          fast_answer=fast_answerer(app) if fast_preflights else None)
 
 
@@ -229,6 +230,7 @@ class Server:
         self.reloader = Reloader(load, self.config_state, self._apply, self.config)
         self.stop = asyncio.Event()
         self.runners: list[web.AppRunner] = []
+        self.proxy_runner: GuardedRunner | None = None
 
     def config(self) -> Config:
         return self.app[LIVE_KEY].current.config
@@ -240,11 +242,13 @@ class Server:
         reload(self.app, config)
         apply_logging(config)
         self.access.enabled = config.logging.access_log
+        if self.proxy_runner is not None:
+            self.proxy_runner.set_timeouts(config.limits.header_timeout, config.limits.body_timeout)
 
     async def start(self) -> None:
         config = self.config()
         self._signals()
-        runner = make_runner(self.app, config)
+        runner = self.proxy_runner = make_runner(self.app, config)
         await runner.setup()
         self.runners.append(runner)
         # SO_REUSEPORT only for workers: a second copy started by mistake must fail, not share the port.

@@ -288,10 +288,15 @@ async def test_a_change_of_the_file_reloads_it_without_a_signal_and_a_bad_one_ke
     proc = spawn("-c", str(setup.path))
     async with aiohttp.ClientSession() as session:
         await until_up(session, setup)
-        setup.write(rule("second", origins='["https://other.example"]'))
+        setup.write("limits: {header_timeout: 0.5}\n" + rule("second", origins='["https://other.example"]'))
         await proc.wait_line(lambda line: "config reloaded (file changed)" in line, timeout=5)
         async with session.get(setup.admin + "/config") as resp:
             assert (await resp.json())["rules"][0]["name"] == "second"
+        started = time.monotonic()  # a new connection that sends nothing gets the reloaded header_timeout
+        reader, writer = await asyncio.open_connection("127.0.0.1", setup.port)
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < 3  # 20 s before the reload
+        writer.close()
         setup.write("rules: [")
         await proc.wait_line(lambda line: "reload (file changed) failed" in line, timeout=5)
         async with session.get(setup.url + "/x", headers={"Origin": "https://other.example"}) as resp:

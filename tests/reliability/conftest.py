@@ -27,6 +27,7 @@ from aiohttp import web
 
 from corsproxy import config as cfg
 from corsproxy.app import build_app
+from corsproxy.guard import GuardedRunner
 from corsproxy.proxy import Exchange
 from corsproxy.server import make_runner
 
@@ -110,13 +111,15 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def serve_proxy(upstream_url: str, extra: str = "", *, header_timeout: float = HEADER_TIMEOUT,
-                      body_timeout: float = BODY_TIMEOUT) -> tuple[Served, web.AppRunner]:
+async def serve_proxy(upstream_url: str, extra: str = "", *, header_timeout: float | None = HEADER_TIMEOUT,
+                      body_timeout: float = BODY_TIMEOUT) -> tuple[Served, GuardedRunner]:
+    """The proxy on a real port; ``header_timeout=None`` leaves both guard timeouts to the config."""
     text = f"upstream:\n  url: {upstream_url}\n{extra}\nadmin: null\n{RULES}"
     config = cfg.parse(text, "reliability.yaml", env={})
     exchanges: list[Exchange] = []
     runner = make_runner(build_app(config, observers=[exchanges.append]), config)
-    runner.header_timeout, runner.body_timeout = header_timeout, body_timeout  # type: ignore[attr-defined]
+    if header_timeout is not None:
+        runner.header_timeout, runner.body_timeout = header_timeout, body_timeout
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

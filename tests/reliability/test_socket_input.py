@@ -26,6 +26,7 @@ from .conftest import (
     header_names,
     open_fds,
     raw_exchange,
+    serve_proxy,
     serve_subprocess,
     settle_fds,
     status_of,
@@ -205,6 +206,23 @@ async def test_request_head_trickled_past_the_header_timeout_gets_408_and_is_log
     assert HEADER_TIMEOUT <= time.monotonic() - started < HEADER_TIMEOUT + 3
     assert "request head not complete" in caplog.text
     await assert_still_serving(served.url)
+
+
+async def test_the_header_timeout_comes_from_the_config_and_a_reload_changes_it_for_new_connections(
+        recorder: Recorder) -> None:
+    served, runner = await serve_proxy(recorder.url, "limits:\n  header_timeout: 0.4\n", header_timeout=None)
+    try:
+        async def silent() -> float:
+            started = time.monotonic()
+            reply = await raw_exchange(served.port, b"", wait=5)
+            assert status_of(reply) == 408 and reply.closed
+            return time.monotonic() - started
+
+        assert 0.3 < await silent() < 1.5
+        runner.set_timeouts(1.6, 30)  # as Server._apply does with a reloaded config's limits
+        assert 1.5 < await silent() < 4
+    finally:
+        await runner.cleanup()
 
 
 async def test_silent_connection_is_closed_after_the_header_timeout(served: Served) -> None:
