@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +24,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+from corsproxy.testing import free_port, serve_process
 
 MIB = 2**20
 CHUNK = 64 * 1024
@@ -42,12 +41,6 @@ rules:
     paths: ["/**"]
     allow_origins: ["{origin}"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def peak_rss_mib(pid: int) -> tuple[float, float]:
@@ -96,40 +89,9 @@ async def start_upstream() -> tuple[web.AppRunner, int]:
 # ---------------------------------------------------------------------- the proxy
 
 
-def start_proxy(workdir: Path, upstream_port: int, mib: int) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    config = workdir / "corsproxy.yaml"
-    config.write_text(CONFIG.format(port=port, upstream=f"http://127.0.0.1:{upstream_port}",
-                                    limit=(mib + 1) * MIB, origin=ORIGIN))
-    proc = subprocess.Popen([sys.executable, "-m", "corsproxy", "serve", "-c", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return proc, port
-
-
-async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"corsproxy exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise RuntimeError(f"corsproxy did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
-def stop_proxy(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+def proxy_config(port: int, upstream_port: int, mib: int) -> str:
+    return CONFIG.format(port=port, upstream=f"http://127.0.0.1:{upstream_port}", limit=(mib + 1) * MIB,
+                         origin=ORIGIN)
 
 
 # ---------------------------------------------------------------------- the client
@@ -164,20 +126,20 @@ async def upload(session: aiohttp.ClientSession, base: str, mib: int) -> float:
 
 async def measure(args: argparse.Namespace, workdir: Path) -> int:
     runner, upstream_port = await start_upstream()
-    proc, port = start_proxy(workdir, upstream_port, args.mib)
+    port = free_port()
     try:
-        await wait_listening(port, proc)
-        base = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)) as session:
-            await download(session, base, 1)  # warm up: imports, pools, first buffers
-            await upload(session, base, 1)
-            before_hwm, before_rss = peak_rss_mib(proc.pid)
-            down_rate = await download(session, base, args.mib)
-            after_down, _ = peak_rss_mib(proc.pid)
-            up_rate = await upload(session, base, args.mib)
-            after_hwm, after_rss = peak_rss_mib(proc.pid)
+        with serve_process(proxy_config(port, upstream_port, args.mib), workdir, port, timeout=20) as proc:
+            base = f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession(auto_decompress=False,
+                                             timeout=aiohttp.ClientTimeout(total=None)) as session:
+                await download(session, base, 1)  # warm up: imports, pools, first buffers
+                await upload(session, base, 1)
+                before_hwm, before_rss = peak_rss_mib(proc.pid)
+                down_rate = await download(session, base, args.mib)
+                after_down, _ = peak_rss_mib(proc.pid)
+                up_rate = await upload(session, base, args.mib)
+                after_hwm, after_rss = peak_rss_mib(proc.pid)
     finally:
-        stop_proxy(proc)
         await runner.cleanup()
     growth = after_hwm - before_hwm
     print(f"corsproxy pid {proc.pid}, {args.mib} MiB each way, 64 KiB client chunks")

@@ -22,20 +22,19 @@ import hashlib
 import json
 import os
 import random
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parents[1]
+from corsproxy.testing import free_port, serve_process
+
 ALLOWED = "https://app.example.com"
 DENIED = "https://evil.example.net"
 RULES = """
@@ -261,39 +260,13 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
-def proxy_process(upstream_url: str, workdir: Path):
+def proxy_process(upstream_url: str, workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
-    conf = workdir / "soak.yaml"
-    conf.write_text(f"listen:\n  port: {port}\nupstream:\n  url: {upstream_url}\n  max_connections: 100\n"
-                    f"limits:\n  max_body_size: 4MiB\nadmin: null\nlogging:\n  level: warning\n{RULES}")
-    log = (workdir / "proxy.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "corsproxy", "serve", "-c", str(conf)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit("proxy exited:\n" + (workdir / "proxy.log").read_text())
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("proxy did not listen within 15 s")
-            time.sleep(0.05)
+    config = (f"listen:\n  port: {port}\nupstream:\n  url: {upstream_url}\n  max_connections: 100\n"
+              f"limits:\n  max_body_size: 4MiB\nadmin: null\nlogging:\n  level: warning\n{RULES}")
+    with serve_process(config, workdir, port) as proc:
         yield f"http://127.0.0.1:{port}", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 async def sample(pid: int, every: float, stop: asyncio.Event, samples: list[tuple[float, int, int]],

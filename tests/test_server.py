@@ -458,3 +458,17 @@ async def test_admin_null_runs_the_proxy_without_an_admin_listener(spawn, tmp_pa
             assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
     await refused(setup.admin_port, timeout=0.5)
     assert not any("admin on" in line for line in proc.lines)
+
+
+def test_serve_process_yields_a_listening_proxy_and_reports_one_that_cannot_start(tmp_path, upstream):
+    from corsproxy.testing import free_port, serve_process
+
+    port = free_port()
+    config = (f"listen: {{port: {port}}}\nupstream: {{url: '{upstream.url}/v1'}}\nadmin: null\n"
+              f"{rule('app')}")
+    with serve_process(config, tmp_path, port) as proc, socket.create_connection(("127.0.0.1", port), timeout=2):
+        assert proc.poll() is None
+    assert proc.returncode == 0  # SIGTERM: a graceful stop
+    with pytest.raises(RuntimeError, match=r"exited with 2:(.|\n)*unknown key .allow_origin. \(did you mean"):
+        with serve_process(config.replace("allow_origins", "allow_origin"), tmp_path, port):
+            pass

@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from corsproxy.app import build_app
 from corsproxy.guard import GuardedRunner
 from corsproxy.proxy import Exchange
 from corsproxy.server import make_runner
+from corsproxy.testing import free_port, serve_process
 
 ALLOWED = "https://app.example.com"
 RULES = """
@@ -206,36 +205,10 @@ async def settle_fds(pid: int | str, target: int, *, slack: int = 0, within: flo
     return count
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve_subprocess(tmp_path: Path, upstream_url: str, extra: str = "") -> Iterator[tuple[int, subprocess.Popen]]:
     """``python -m corsproxy serve`` on a free port; yields (port, process); stops it with SIGTERM."""
     port = free_port()
-    conf = tmp_path / "corsproxy.yaml"
-    conf.write_text(f"listen:\n  port: {port}\n  drain_timeout: 1\nupstream:\n  url: {upstream_url}\n{extra}\n"
-                    f"admin: null\nlogging:\n  access_log: false\n{RULES}")
-    log = (tmp_path / "proxy.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "corsproxy", "serve", "-c", str(conf)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, (tmp_path / "proxy.log").read_text()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            assert time.monotonic() < deadline, "proxy did not start listening in 15 s"
-            time.sleep(0.05)
+    with serve_process(f"listen:\n  port: {port}\n  drain_timeout: 1\nupstream:\n  url: {upstream_url}\n{extra}\n"
+                       f"admin: null\nlogging:\n  access_log: false\n{RULES}", tmp_path, port) as proc:
         yield port, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
