@@ -30,6 +30,7 @@ from aiohttp.http import SERVER_SOFTWARE, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import splice
 from .guard import FastAnswer, GuardedHandler
 from .paths import BadPath, decode_path
 from .policy import CorsRequest, Decision, decide, finish, respond_headers
@@ -40,11 +41,14 @@ from .proxy import (
     STARTED_KEY,
     Exchange,
     Snapshot,
+    broke_off,
     decision_header,
     failure,
+    may_splice,
     notify,
     pool_for,
     relay_headers,
+    splice_rest,
     upstream_headers,
 )
 from .upstream import UpstreamError, UpstreamResponse
@@ -175,7 +179,7 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
         try:
             upstream = await pool_for(app, snap).request(
                 request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), None,
-                chunked=False, ready=body)
+                chunked=False, ready=body, may_splice=may_splice(handler.transport))
         except UpstreamError as exc:
             status, message = failure(request, snap, ex, exc)
             _write_error(handler, snap, ex, status, message)
@@ -213,24 +217,19 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
         ex.bytes_out = len(whole)
         return
     transport.write(head)
-    while chunk := await _read(request, ex, upstream, handler):
-        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-        ex.bytes_out += len(chunk)
-        await handler.drain()
-    if chunk is not None and chunked:
-        transport.write(b"0\r\n\r\n")
-
-
-async def _read(request: Message, ex: Exchange, upstream: UpstreamResponse, handler: GuardedHandler) -> bytes | None:
-    """The next body chunk; b"" at the end; None when the upstream broke off (the client connection is aborted)."""
     try:
-        return await upstream.read()
-    except UpstreamError as exc:
-        ex.upstream_error = "aborted"
-        log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
-                    request.method, request.raw_path, exc)
+        if has_body and not chunked and await splice_rest(transport, ex, upstream):
+            return
+        while chunk := await upstream.read():
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            ex.bytes_out += len(chunk)
+            await handler.drain()
+    except (UpstreamError, splice.DestinationStalled) as exc:
+        broke_off(request, ex, exc)
         _abort(handler)
-        return None
+        return
+    if chunked:
+        transport.write(b"0\r\n\r\n")
 
 
 def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: int, message: str) -> None:

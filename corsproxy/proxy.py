@@ -27,6 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from . import splice
 from .config import Config, IPNetwork
 from .headers import HOP_BY_HOP, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
@@ -324,6 +325,7 @@ async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.St
         upstream = await pool_for(request.app, snap).request(
             request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), body,
             chunked=has_body and request.content_length is None, ready=ready,
+            may_splice=body is None and may_splice(request.transport),
         )
     except (UpstreamError, RequestBodyError) as exc:
         return _done(request, ex, _failed(request, snap, ex, exc))
@@ -382,8 +384,9 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
             await resp.write_eof(whole)
             return resp
         # Part of the body is here: the head leaves with it (aiohttp holds the head until the first
-        # write), else at once, so that a client of a stream (SSE) sees the response begin.
-        resp._send_headers_immediately = not upstream.has_data
+        # write), else at once, so that a client of a stream (SSE) sees the response begin. And at once
+        # when the rest may bypass the process: it must be out before splice_rest writes.
+        resp._send_headers_immediately = not upstream.has_data or may_splice(request.transport)
         await resp.prepare(request)
         if await _stream_body(request, ex, upstream, resp):
             await resp.write_eof()
@@ -397,10 +400,51 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
 async def _stream_body(request: web.Request, ex: Exchange, upstream: UpstreamResponse,
                        resp: web.StreamResponse) -> bool:
     """Relay the upstream's body; False when it broke off (then the client connection must be aborted)."""
-    while chunk := await _read_upstream(request, ex, upstream):
-        await resp.write(chunk)
-        ex.bytes_out += len(chunk)
-    return chunk is not None
+    try:
+        if await splice_rest(request.transport, ex, upstream):
+            return True
+        while chunk := await upstream.read():
+            await resp.write(chunk)
+            ex.bytes_out += len(chunk)
+    except (UpstreamError, RequestBodyError, splice.DestinationStalled) as exc:
+        broke_off(request, ex, exc)
+        return False
+    return True
+
+
+def may_splice(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether a response body for this client connection may go socket to socket (:func:`splice_rest`)."""
+    return splice.AVAILABLE and transport is not None and transport.get_extra_info("sslcontext") is None
+
+
+async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, upstream: UpstreamResponse) -> bool:
+    """Send the rest of the upstream's body to the client without it entering the process
+    (``Connection.splice_body``); False, with nothing sent, when it cannot go that way.
+
+    Raises UpstreamError, splice.DestinationStalled, or ConnectionResetError when the client went away.
+    """
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    # (Bytes still in the transport's buffer would reach the client after the spliced ones.)
+    if sock is None or not may_splice(transport) or transport.get_write_buffer_size():  # type: ignore[union-attr]
+        return False
+    sent = [0]
+    try:
+        return await upstream.splice_body(sock.fileno(), sent)
+    finally:
+        ex.bytes_out += sent[0]
+
+
+def broke_off(request: Incoming, ex: Exchange, exc: Exception) -> None:
+    """Log an exchange that broke off after its response began; the caller aborts the client connection."""
+    if isinstance(exc, UpstreamError):  # resets, malformed framing and the read timeout
+        ex.upstream_error = "aborted"
+        log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
+                    request.method, request.raw_path, _describe(exc))
+    elif isinstance(exc, RequestBodyError):  # the request body failed after the response began
+        log.warning("request body for %s %s failed after the response started (%s); closing the client "
+                    "connection", request.method, request.raw_path, _describe(exc))
+    else:
+        log.warning("%s for %s %s; closing its connection", exc, request.method, request.raw_path)
 
 
 def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,
@@ -416,21 +460,6 @@ def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,
     if (debug := decision_header(snap, decision)) is not None:
         headers[DECISION_HEADER] = debug
     return headers
-
-
-async def _read_upstream(request: web.Request, ex: Exchange, upstream: UpstreamResponse) -> bytes | None:
-    """The next chunk of the upstream's body: b"" at its end, None when the exchange broke off."""
-    try:
-        return await upstream.read()
-    except RequestBodyError as exc:  # the request body failed after the response began
-        log.warning("request body for %s %s failed after the response started (%s); closing the client "
-                    "connection", request.method, request.raw_path, _describe(exc))
-        return None
-    except UpstreamError as exc:  # resets, malformed framing and the read timeout
-        ex.upstream_error = "aborted"
-        log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
-                    request.method, request.raw_path, _describe(exc))
-        return None
 
 
 def _abort(request: web.Request) -> None:

@@ -22,7 +22,10 @@ from collections.abc import AsyncIterable
 
 import httptools
 
+from . import splice
+
 READ_HIGH_WATER = 2**18  # buffered body bytes before we stop reading from the upstream
+READ_SIZE = 2**16  # bytes per read: the rest of a large body can bypass the process (splice_body)
 MAX_HEAD = 64 * 1024  # bytes of response head we hold; more is a broken (or hostile) upstream -> 502
 NO_BODY_STATUSES = frozenset({204, 304})
 LAST_CHUNK = b"0\r\n\r\n"
@@ -40,8 +43,13 @@ class UpstreamError(Exception):
         return 504 if self.kind == "timeout" else 502
 
 
-class Connection(asyncio.Protocol):
-    """One keep-alive connection; carries one request at a time."""
+class Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection; carries one request at a time.
+
+    Reads into its own buffer (``get_buffer``): bytes handed to the parser are not first copied into a
+    new ``bytes``, and a read stops at ``READ_SIZE``, so most of a large body is still on the socket
+    when its head is parsed (:meth:`splice_body`).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
         self.loop = loop
@@ -54,6 +62,7 @@ class Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
+        self._received = 0
         self._complete = False
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -62,17 +71,30 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_data = 0.0
         self._head_only = False
+        self._may_splice = False
         self._head_bytes = 0
         self._until_close = False  # a body with neither Content-Length nor chunked framing ends at EOF
         self.keep_alive = True
         self._parser: httptools.HttpResponseParser | None = None
+        self._buffer: memoryview | None = None
+        self._pipe: splice.Pipe | None = None  # made by the first splice_body, closed with the connection
+        self._splicing = False
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(READ_SIZE))
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._buffer is not None
+        self.data_received(self._buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         self._last_data = self.loop.time()
         if self._parser is None:  # bytes nobody asked for: the connection cannot be trusted
             self.keep_alive = False
@@ -88,6 +110,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        self._close_pipe()
         if self._until_close and exc is None and self._head is not None and self._head.done():
             self.on_message_complete()  # RFC 9112 §6.3 rule 8: the body was everything up to the close
         elif not self._complete and self._head is not None:
@@ -127,13 +150,15 @@ class Connection(asyncio.Protocol):
             self._head.set_result(None)
         if self._head_only or status in NO_BODY_STATUSES:
             self.on_message_complete()
+        elif self._may_splice and (self._plain_length() or 0) > READ_SIZE:
+            self._pause()  # the rest stays on the socket for splice_body, or until the caller reads
 
     def on_body(self, chunk: bytes) -> None:
         self._body.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > READ_HIGH_WATER and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        self._received += len(chunk)
+        if self._buffered > READ_HIGH_WATER:
+            self._pause()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -146,14 +171,17 @@ class Connection(asyncio.Protocol):
 
     # -- one exchange
 
-    def start(self, head_only: bool) -> None:
+    def start(self, head_only: bool, may_splice: bool = False) -> None:
+        """Expect a response. ``may_splice``: the caller may send a large body on with :meth:`splice_body`,
+        so reading stops when the head is in, and resumes only when the caller reads."""
         self._status, self._reason, self._headers = 0, "", []
         self._head_bytes = 0
         self._body.clear()
-        self._buffered = 0
+        self._buffered = self._received = 0
         self._complete = False
         self._exc = None
         self._head_only = head_only
+        self._may_splice = may_splice
         self._until_close = False
         self._head = self.loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
@@ -172,6 +200,7 @@ class Connection(asyncio.Protocol):
                 raise self._exc
             if self._complete:
                 return b""
+            self._resume()  # paused at the head (``start(may_splice=True)``) with nothing buffered
             self._waiter = self.loop.create_future()
             try:
                 await self._waiter
@@ -179,9 +208,8 @@ class Connection(asyncio.Protocol):
                 self._waiter = None
         chunk = self._body.popleft()
         self._buffered -= len(chunk)
-        if self._paused and self._buffered <= READ_HIGH_WATER // 4 and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
+        if self._buffered <= READ_HIGH_WATER // 4:
+            self._resume()
         return chunk
 
     def whole_body(self) -> bytes | None:
@@ -192,6 +220,70 @@ class Connection(asyncio.Protocol):
         self._body.clear()
         self._buffered = 0
         return data
+
+    async def splice_body(self, dst_fd: int, sent: list[int]) -> bool:
+        """Send the rest of the body to socket ``dst_fd`` with :func:`splice.move`: it never enters the process.
+
+        Only for a body framed by ``Content-Length`` alone with at least ``READ_SIZE`` still to come, over
+        plain TCP; else False, and nothing was sent. ``sent[0]`` counts what was. Raises UpstreamError as
+        :meth:`read` does, and what :func:`splice.move` raises for the destination.
+        """
+        transport = self.transport
+        length = self._plain_length()
+        if (length is None or length - self._received < READ_SIZE or self._complete or self._exc is not None
+                or transport is None or transport.get_extra_info("sslcontext") is not None
+                or (sock := transport.get_extra_info("socket")) is None):
+            return False
+        self._pause()
+        self._cancel_timer()  # move() times its own waits
+        first = list(self._body)
+        self._body.clear()
+        self._buffered = 0
+        if self._pipe is None:
+            self._pipe = splice.Pipe()
+        self._splicing = True
+        try:
+            await splice.move(sock.fileno(), dst_fd, length - self._received, self._pipe, self.read_timeout,
+                              sent, first)
+        except splice.SourceClosed as exc:
+            raise self._failed(UpstreamError("reset", f"the upstream closed the connection: {exc}")) from None
+        except splice.SourceStalled:
+            raise self._failed(UpstreamError("timeout", f"no byte from the upstream for {self.read_timeout:g}s")) \
+                from None
+        except BaseException as exc:  # the destination failed, or a cancel
+            self.fail(exc)
+            raise
+        finally:
+            self._splicing = False
+            if self.closed:
+                self._close_pipe()
+        self.on_message_complete()
+        self._resume()  # an idle pooled connection must notice the upstream closing it
+        return True
+
+    def _plain_length(self) -> int | None:
+        """The body's ``Content-Length`` when that alone frames it; anything odd stays with llhttp's rules."""
+        values = [value for name, value in self._headers if name.lower() in ("content-length", "transfer-encoding")]
+        return int(values[0]) if len(values) == 1 and values[0].isascii() and values[0].isdigit() else None
+
+    def _failed(self, exc: UpstreamError) -> UpstreamError:
+        self.fail(exc)
+        return exc
+
+    def _close_pipe(self) -> None:
+        if self._pipe is not None and not self._splicing:  # (while splicing, splice_body closes it after)
+            self._pipe.close()
+            self._pipe = None
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
 
     @property
     def reusable(self) -> bool:
@@ -212,6 +304,7 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self._cancel_timer()
+        self._close_pipe()
         if self.transport is not None:
             self.transport.close()
 
@@ -271,11 +364,13 @@ class Pool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
-                      body: AsyncIterable[bytes] | None, chunked: bool, ready: bytes = b"") -> UpstreamResponse:
+                      body: AsyncIterable[bytes] | None, chunked: bool, ready: bytes = b"",
+                      may_splice: bool = False) -> UpstreamResponse:
         """Send a request; returns once the response head is in. The caller must ``release``.
 
         ``ready`` is the start of the body, already at hand: it leaves with the head in one write (a
         separate write would cost a syscall, and the upstream a read). ``body`` is the rest, if any.
+        ``may_splice``: see :meth:`Connection.start`.
         """
         head = [_encode_head(method, target, headers, chunked)]
         if ready:
@@ -284,7 +379,7 @@ class Pool:
             head.append(LAST_CHUNK)
         for attempt in (0, 1):
             conn, reused = await self._acquire()
-            conn.start(head_only=method == "HEAD")
+            conn.start(method == "HEAD", may_splice)
             try:
                 conn.write(*head)
             except UpstreamError:
@@ -407,6 +502,13 @@ class UpstreamResponse:
 
     def whole_body(self) -> bytes | None:
         return self.conn.whole_body()
+
+    async def splice_body(self, dst_fd: int, sent: list[int]) -> bool:
+        """:meth:`Connection.splice_body`, unless a request body is still being sent (its failure must reach
+        :meth:`read`)."""
+        if self._writer is not None and not self._writer.done():
+            return False
+        return await self.conn.splice_body(dst_fd, sent)
 
     @property
     def has_data(self) -> bool:
