@@ -25,7 +25,7 @@ import httptools
 from . import splice
 
 READ_HIGH_WATER = 2**18  # buffered body bytes before we stop reading from the upstream
-READ_SIZE = 2**16  # bytes per read: the rest of a large body can bypass the process (splice_body)
+READ_SIZE = 2**17  # bytes per read: the rest of a larger body can bypass the process (splice_body)
 MAX_HEAD = 64 * 1024  # bytes of response head we hold; more is a broken (or hostile) upstream -> 502
 NO_BODY_STATUSES = frozenset({204, 304})
 LAST_CHUNK = b"0\r\n\r\n"
@@ -46,13 +46,15 @@ class UpstreamError(Exception):
 class Connection(asyncio.BufferedProtocol):
     """One keep-alive connection; carries one request at a time.
 
-    Reads into its own buffer (``get_buffer``): bytes handed to the parser are not first copied into a
-    new ``bytes``, and a read stops at ``READ_SIZE``, so most of a large body is still on the socket
-    when its head is parsed (:meth:`splice_body`).
+    Reads into its pool's buffer (``get_buffer``): bytes handed to the parser are not first copied into
+    a new ``bytes``, and a read stops at ``READ_SIZE``, so most of a large body is still on the socket
+    when its head is parsed (:meth:`splice_body`). One buffer serves every connection of a pool: the
+    parser has copied what it keeps before ``buffer_updated`` returns, and reads never overlap.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float, buffer: memoryview) -> None:
         self.loop = loop
+        self._buffer = buffer
         self.read_timeout = read_timeout
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -76,7 +78,6 @@ class Connection(asyncio.BufferedProtocol):
         self._until_close = False  # a body with neither Content-Length nor chunked framing ends at EOF
         self.keep_alive = True
         self._parser: httptools.HttpResponseParser | None = None
-        self._buffer: memoryview | None = None
         self._pipe: splice.Pipe | None = None  # made by the first splice_body, closed with the connection
         self._splicing = False
 
@@ -86,12 +87,9 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._buffer is None:
-            self._buffer = memoryview(bytearray(READ_SIZE))
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        assert self._buffer is not None
         self.data_received(self._buffer[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
@@ -362,6 +360,7 @@ class Pool:
         self._idle: list[Connection] = []
         self._count = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._read_buffer = memoryview(bytearray(READ_SIZE))  # shared by its connections (see Connection)
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
                       body: AsyncIterable[bytes] | None, chunked: bool, ready: bytes = b"",
@@ -439,7 +438,7 @@ class Pool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(loop, self.read_timeout), self.host, self.port,
+                    lambda: Connection(loop, self.read_timeout, self._read_buffer), self.host, self.port,
                     ssl=self.ssl_context, server_hostname=self.server_hostname if self.ssl_context else None,
                 )
         except TimeoutError:
