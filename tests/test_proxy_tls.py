@@ -11,6 +11,7 @@ import pytest
 import trustme
 from aiohttp.test_utils import TestServer
 
+from corsproxy.testing import free_port, serve_process
 from tests.conftest import MakeProxy, Upstream, echoed
 
 RULES = """
@@ -108,3 +109,37 @@ async def test_https_upstream_websocket(make_proxy: MakeProxy, tls_upstream: Ups
     async with proxy.client.ws_connect("/ws", headers=APP) as sock:
         await sock.send_str("over tls")
         assert await sock.receive_str(timeout=5) == "echo:over tls"
+
+
+# Large bodies: over plain TCP they go socket to socket (corsproxy/splice.py), which must never happen
+# when either side is TLS (that would put plaintext on an encrypted connection).
+PATTERN = bytes(range(256)) * 256  # the upstream's /big chunk
+
+
+@pytest.mark.parametrize("side", ["listener", "upstream"])
+async def test_a_large_body_over_tls_arrives_whole_on_both_paths(make_proxy: MakeProxy, tls_upstream: Upstream,
+                                                                 pem_files: dict[str, str], side: str) -> None:
+    if side == "listener":
+        listen = f"listen:\n  tls:\n    cert: {pem_files['cert']}\n    key: {pem_files['key']}\n"
+        proxy = await make_proxy(RULES, extra=listen, client_kwargs=trusting(pem_files))
+    else:
+        proxy = await make_proxy(RULES, upstream_url=tls_upstream.url + "/v1",
+                                 upstream_extra=f"  ca_file: {pem_files['ca']}\n")
+    for _ in range(2):  # a new connection's first request takes aiohttp's path; the next the connection-level one
+        resp = await proxy.client.get("/big?mib=3", headers=APP)
+        assert await resp.read() == PATTERN * 48
+    assert [e.bytes_out for e in proxy.exchanges] == [3 * 2**20] * 2
+
+
+async def test_serve_on_its_own_event_loop_relays_large_bodies_over_tls_on_both_sides(
+        tls_upstream: Upstream, pem_files: dict[str, str], tmp_path: Path) -> None:
+    """The same through a real ``corsproxy serve``: uvloop when installed (its transports, not asyncio's)."""
+    port = free_port()
+    config = (f"listen:\n  port: {port}\n  tls:\n    cert: {pem_files['cert']}\n    key: {pem_files['key']}\n"
+              f"upstream:\n  url: {tls_upstream.url}/v1\n  ca_file: {pem_files['ca']}\nadmin: null\n{RULES}")
+    with serve_process(config, tmp_path, port):
+        async with aiohttp.ClientSession(**trusting(pem_files)) as session:
+            for _ in range(3):
+                async with session.get(f"https://127.0.0.1:{port}/big?mib=3", headers=APP) as resp:
+                    assert await resp.read() == PATTERN * 48
+    assert tls_upstream.count() == 3
