@@ -443,8 +443,8 @@ def broke_off(request: Incoming, ex: Exchange, exc: Exception) -> None:
     elif isinstance(exc, RequestBodyError):  # the request body failed after the response began
         log.warning("request body for %s %s failed after the response started (%s); closing the client "
                     "connection", request.method, request.raw_path, _describe(exc))
-    else:
-        log.warning("%s for %s %s; closing its connection", exc, request.method, request.raw_path)
+    else:  # splice.DestinationStalled
+        log.warning("%s %s: %s; closing its connection", request.method, request.raw_path, exc)
 
 
 def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,

@@ -80,7 +80,10 @@ async def move(src_fd: int, dst_fd: int, count: int, pipe: Pipe, timeout: float,
                 sent[0] += n
         while count:
             room = min(count, pipe.size) - pipe.held  # never more than this body from the source
-            got = _nonblocking(os.splice, src, pipe.write_end, room, flags=_FLAGS) if room > 0 else None
+            try:
+                got = _nonblocking(os.splice, src, pipe.write_end, room, flags=_FLAGS) if room > 0 else None
+            except OSError as exc:  # a reset from the source is not the destination going away
+                raise SourceClosed(f"reading the body failed: {exc.strerror}") from None
             if got == 0:
                 raise SourceClosed(f"the body ended {count - pipe.held} bytes short")
             pipe.held += got or 0

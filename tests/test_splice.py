@@ -248,6 +248,29 @@ async def test_an_upstream_going_silent_mid_body_aborts_the_client_after_read_ti
                for r in caplog.records)
 
 
+async def test_an_upstream_reset_mid_body_is_an_upstream_failure(make_proxy: MakeProxy,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+
+    async def resets(writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD % 2**22 + b"x" * 300_000)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the proxy is splicing by now
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # with linger 0: a reset
+
+    async with raw_upstream(resets) as seen:
+        proxy = await make_proxy(RULES, upstream_url=f"http://127.0.0.1:{seen[0]}")
+        reader, writer = await asyncio.open_connection(URL(proxy.url).host, URL(proxy.url).port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: p\r\nOrigin: https://app.example.com\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        got = await asyncio.wait_for(read_rest(reader), 5)
+        writer.close()
+    assert got == b"x" * 300_000
+    assert proxy.exchanges[-1].upstream_error == "aborted"
+    assert any("upstream failed mid-body" in r.getMessage() for r in caplog.records)
+
+
 async def read_rest(reader: asyncio.StreamReader) -> bytes:
     data = b""
     with contextlib.suppress(ConnectionResetError):
