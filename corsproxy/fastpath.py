@@ -55,6 +55,7 @@ from .upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger("corsproxy")
 
+
 @dataclass(slots=True)
 class Message:
     """A parsed request as :mod:`proxy`'s forwarding helpers read it (its ``Incoming``)."""
