@@ -32,6 +32,7 @@ def _splice_here() -> None:
             pytest.fail(f"{reason} (CI=true: the splice tests may not be skipped)")
         pytest.skip(reason)
 
+
 RULES = """
 rules:
   - name: app
