@@ -219,7 +219,7 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
         return
     transport.write(head)
     try:
-        if has_body and not chunked and await splice_rest(transport, ex, upstream):
+        if await splice_rest(transport, ex, upstream):  # (not for HEAD, 204/304 or chunked: no plain length)
             return
         while chunk := await upstream.read():
             transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)

@@ -74,6 +74,7 @@ class Connection(asyncio.BufferedProtocol):
         self._last_data = 0.0
         self._head_only = False
         self._may_splice = False
+        self._splice_length: int | None = None  # the body's length, when it may be spliced (on_headers_complete)
         self._head_bytes = 0
         self._until_close = False  # a body with neither Content-Length nor chunked framing ends at EOF
         self.keep_alive = True
@@ -148,8 +149,10 @@ class Connection(asyncio.BufferedProtocol):
             self._head.set_result(None)
         if self._head_only or status in NO_BODY_STATUSES:
             self.on_message_complete()
-        elif self._may_splice and (self._plain_length() or 0) > READ_SIZE:
-            self._pause()  # the rest stays on the socket for splice_body, or until the caller reads
+        elif self._may_splice and (length := self._plain_length()) is not None:
+            self._splice_length = length
+            if length > READ_SIZE:
+                self._pause()  # the rest stays on the socket for splice_body, or until the caller reads
 
     def on_body(self, chunk: bytes) -> None:
         self._body.append(chunk)
@@ -180,6 +183,7 @@ class Connection(asyncio.BufferedProtocol):
         self._exc = None
         self._head_only = head_only
         self._may_splice = may_splice
+        self._splice_length = None
         self._until_close = False
         self._head = self.loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
@@ -222,12 +226,13 @@ class Connection(asyncio.BufferedProtocol):
     async def splice_body(self, dst_fd: int, sent: list[int]) -> bool:
         """Send the rest of the body to socket ``dst_fd`` with :func:`splice.move`: it never enters the process.
 
-        Only for a body framed by ``Content-Length`` alone with at least ``READ_SIZE`` still to come, over
-        plain TCP; else False, and nothing was sent. ``sent[0]`` counts what was. Raises UpstreamError as
-        :meth:`read` does, and what :func:`splice.move` raises for the destination.
+        Only after ``start(may_splice=True)``, for a body framed by ``Content-Length`` alone with at least
+        ``READ_SIZE`` still to come, over plain TCP; else False, and nothing was sent. ``sent[0]`` counts
+        what was. Raises UpstreamError as :meth:`read` does, and what :func:`splice.move` raises for the
+        destination.
         """
         transport = self.transport
-        length = self._plain_length()
+        length = self._splice_length
         if (length is None or length - self._received < READ_SIZE or self._complete or self._exc is not None
                 or transport is None or transport.get_extra_info("sslcontext") is not None
                 or (sock := transport.get_extra_info("socket")) is None):
