@@ -180,7 +180,8 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
         try:
             upstream = await pool_for(app, snap).request(
                 request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), None,
-                chunked=False, ready=body, may_splice=may_splice(handler.transport))
+                length=len(body) if body or "Content-Length" in request.headers else None, ready=body,
+                may_splice=may_splice(handler.transport))
         except UpstreamError as exc:
             status, message = failure(request, snap, ex, exc)
             _write_error(handler, snap, ex, status, message)

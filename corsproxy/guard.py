@@ -12,8 +12,9 @@ close those gaps:
   ``client_header_timeout``, Apache ``mod_reqtimeout``);
 - a request body that sends nothing for ``body_timeout`` seconds while it is being read
   -> ``408`` and close (or a plain close if the response has started);
-- an HTTP/0.9 request, or an HTTP/1.0 one with ``Transfer-Encoding`` (RFC 9112 §6.1:
-  faulty framing) -> ``400`` and close, before any handler runs;
+- an HTTP/0.9 request, an HTTP/1.0 one with ``Transfer-Encoding`` (RFC 9112 §6.1:
+  faulty framing), or one whose ``Connection`` names ``Content-Length``, ``Transfer-Encoding`` or
+  ``Host`` (headers.FRAMING) -> ``400`` and close, before any handler runs;
 - a request head over ``MAX_HEAD`` bytes in all (aiohttp bounds each line and the number
   of headers, not their sum) -> ``431`` and close.
 
@@ -41,6 +42,8 @@ from aiohttp import web, web_protocol
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+from .headers import names_framing
 
 log = logging.getLogger("corsproxy")
 
@@ -284,6 +287,9 @@ def _framing_problem(msg: RawRequestMessage, sized: bool) -> tuple[int, str | No
         return 400, "HTTP/0.9 request (no HTTP version in the request line) is not supported"
     if msg.version == HttpVersion10 and "Transfer-Encoding" in msg.headers:
         return 400, "Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 section 6.1)"
+    if "Connection" in msg.headers and (named := names_framing(msg.headers.getall("Connection"))):
+        # SECURITY: dropping a header Connection lists would unframe the body (request smuggling).
+        return 400, f"Connection names {', '.join(named)}: a request may not ask to drop its own framing or Host"
     if sized and len(msg.path) + sum(len(name) + len(value) + 4 for name, value in msg.raw_headers) > MAX_HEAD:
         return 431, f"request head over {MAX_HEAD} bytes"
     return 400, None

@@ -21,6 +21,10 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+# SECURITY: what frames a message or routes it. A request whose Connection header names one of these asks
+# the next hop to drop it, which would leave the body unframed or the target unknown: refused (400), as
+# nginx ignores such tokens rather than honour them (lowercase).
+FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 CORS_RESPONSE_PREFIX = "access-control-"
 # RFC 9110 §5.6.2 token
 TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -35,6 +39,12 @@ def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
     """Hop-by-hop names for one message: the fixed set plus what ``Connection`` lists."""
     listed = {name.lower() for value in connection_values for name in split_tokens(value)}
     return HOP_BY_HOP | listed if listed else HOP_BY_HOP
+
+
+def names_framing(connection_values: Iterable[str]) -> list[str]:
+    """The :data:`FRAMING` names a message's ``Connection`` values list (``"close, Content-Length"`` ->
+    ``["content-length"]``); empty when it lists none."""
+    return sorted({name.lower() for value in connection_values for name in split_tokens(value)} & FRAMING)
 
 
 def merge_vary(existing: Iterable[str], add: Iterable[str]) -> str:

@@ -45,6 +45,10 @@ NO_BODY_STATUSES = frozenset({204, 304})
 # Request headers this hop has already answered: aiohttp's server sent the client its "100 Continue", and
 # passing Expect on would stall the body behind an upstream that never sends one (lowercase).
 PROXY_ANSWERED = frozenset({"expect"})
+# Client headers never passed on: the proxy writes its own (lowercase). FORWARDED_BY_US too, unless the client
+# is a trusted proxy.
+OWN_HEADERS = frozenset({"host", "via", "content-length"})
+FORWARDED_BY_US = frozenset({"x-forwarded-proto", "x-forwarded-host"})
 
 
 class Incoming(Protocol):
@@ -226,26 +230,39 @@ def upstream_url(snap: Snapshot, request: web.Request) -> URL:
 
 
 def upstream_headers(snap: Snapshot, request: Incoming, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """The client's headers minus hop-by-hop ones (and ``drop``), with Host, Via and X-Forwarded-* set."""
+    """The client's headers minus hop-by-hop ones (and ``drop``), with Host, Via and X-Forwarded-* set.
+
+    Never ``Content-Length``: the pool frames the body it sends from the body it reads (upstream.Pool.request).
+    The proxy's own headers are computed from what is left after hop-by-hop removal.
+    """
     headers = request.headers
     drop = (hop_by_hop(headers.getall("Connection")) if "Connection" in headers else HOP_BY_HOP) | drop | PROXY_ANSWERED
     up = snap.config.upstream
-    own = {"host", "via", "x-forwarded-for"} if up.forwarded_headers else {"host", "via"}
     trusted = up.forwarded_headers and snap.trusts(request.remote)
-    if up.forwarded_headers and not trusted:
-        own |= {"x-forwarded-proto", "x-forwarded-host"}  # SECURITY: only a trusted proxy may say these
-    out = [(k, v) for k, v in headers.items() if (lower := k.lower()) not in drop and lower not in own]
+    # SECURITY: framing is the proxy's own, never copied; only a trusted proxy may say X-Forwarded-Proto/-Host.
+    own = OWN_HEADERS if trusted or not up.forwarded_headers else OWN_HEADERS | FORWARDED_BY_US
+    out, via, xff = [], [], []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "via":
+            via.append(value)
+        elif lower == "x-forwarded-for" and up.forwarded_headers:
+            xff.append(value)
+        elif lower not in own:
+            out.append((name, value))
     host = headers.get("Host") if up.host_header == "preserve" else None
     out.append(("Host", host or snap.upstream_host))
     # Appended, never merged: a second corsproxy in a chain is a second hop (RFC 9110 §7.6.3).
-    out.append(("Via", ", ".join([*headers.getall("Via", ()), VIA])))
+    out.append(("Via", ", ".join([*via, VIA])))
     if up.forwarded_headers:
         remote = request.remote or ""
-        prior = ", ".join(headers.getall("X-Forwarded-For", ()))
-        out.append(("X-Forwarded-For", f"{prior}, {remote}" if prior else remote))
-        if not trusted or "X-Forwarded-Proto" not in headers:
+        out.append(("X-Forwarded-For", ", ".join([*xff, remote])))
+        kept = {name.lower() for name, _ in out} if trusted else frozenset()
+        if "x-forwarded-proto" not in kept:
             out.append(("X-Forwarded-Proto", request.scheme))
-        if not trusted or "X-Forwarded-Host" not in headers:
+        if "x-forwarded-host" not in kept:
             out.append(("X-Forwarded-Host", request.host))
     return out
 
@@ -324,7 +341,7 @@ async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.St
             body = None if request.content.at_eof() else upload.chunks()
         upstream = await pool_for(request.app, snap).request(
             request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), body,
-            chunked=has_body and request.content_length is None, ready=ready,
+            length=request.content_length, chunked=has_body and request.content_length is None, ready=ready,
             may_splice=body is None and may_splice(request.transport),
         )
     except (UpstreamError, RequestBodyError) as exc:

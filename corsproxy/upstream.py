@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterable
@@ -24,6 +25,7 @@ import httptools
 
 from . import splice
 
+log = logging.getLogger("corsproxy")
 READ_HIGH_WATER = 2**18  # buffered body bytes before we stop reading from the upstream
 READ_SIZE = 2**17  # bytes per read: the rest of a larger body can bypass the process (splice_body)
 MAX_HEAD = 64 * 1024  # bytes of response head we hold; more is a broken (or hostile) upstream -> 502
@@ -66,6 +68,9 @@ class Connection(asyncio.BufferedProtocol):
         self._buffered = 0
         self._received = 0
         self._complete = False
+        self._interim = False  # inside a 1xx response
+        self._extra = False  # bytes came after the response: never reuse this connection
+        self._ended_early = False  # we ended the message at its head (HEAD, 204, 304); llhttp may end it again
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -103,8 +108,11 @@ class Connection(asyncio.BufferedProtocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__ or exc  # our own callbacks' reason, when they raised
+            if self._extra:
+                log.warning("the upstream sent bytes after the end of its response; they were dropped and its "
+                            "connection closed")
             self._fail(UpstreamError("protocol", f"malformed HTTP from the upstream: {cause}"))
-            self.close()
+            self.close()  # (after a complete response, too: its bytes are kept, the connection is not)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -124,11 +132,19 @@ class Connection(asyncio.BufferedProtocol):
         self._wake_drain()
 
     # -- httptools callbacks
+    # SECURITY: one exchange reads exactly one final response (after any 1xx). llhttp goes on parsing the
+    # rest of a read after a message ends, so every callback first asks _expecting(): a byte of a second
+    # message (or a body on HEAD) is refused, and the connection, which cannot be trusted, is closed.
+
+    def on_message_begin(self) -> None:
+        self._expecting()
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason.decode("latin-1")
+        self._expecting()
+        self._reason += reason.decode("latin-1")  # (llhttp may hand the status text over in pieces)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._expecting()
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD:
             raise httptools.HttpParserError(f"response head over {MAX_HEAD} bytes")
@@ -136,11 +152,17 @@ class Connection(asyncio.BufferedProtocol):
         self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        self._expecting()
         assert self._parser is not None
         status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._headers = []  # an interim response (100 Continue): the real one follows
+        if 100 <= status < 200:
+            if status == 101:  # we never ask for an upgrade here (WebSockets go through aiohttp's client)
+                raise httptools.HttpParserError("101 Switching Protocols to a request that asked for no upgrade")
+            self._interim = True  # 100 Continue, 103 Early Hints: the real response follows
+            self._headers, self._reason, self._head_bytes = [], "", 0
             return
+        if (problem := _ambiguous_framing(self._headers)) is not None:
+            raise httptools.HttpParserError(problem)
         self._status = status
         self.keep_alive = self._parser.should_keep_alive()
         self._until_close = not self.keep_alive and not any(
@@ -148,13 +170,15 @@ class Connection(asyncio.BufferedProtocol):
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         if self._head_only or status in NO_BODY_STATUSES:
-            self.on_message_complete()
+            self.on_message_complete()  # (llhttp does not know we sent HEAD, and may read a body anyway)
+            self._ended_early = True
         elif self._may_splice and (length := self._plain_length()) is not None:
             self._splice_length = length
             if length > READ_SIZE:
                 self._pause()  # the rest stays on the socket for splice_body, or until the caller reads
 
     def on_body(self, chunk: bytes) -> None:
+        self._expecting()
         self._body.append(chunk)
         self._buffered += len(chunk)
         self._received += len(chunk)
@@ -163,12 +187,24 @@ class Connection(asyncio.BufferedProtocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         if self._complete:
+            if not self._ended_early:
+                self._expecting()
+            self._ended_early = False  # llhttp's own end of the HEAD/204/304 message we ended at its head
             return
         self._complete = True
-        self._parser = None  # anything after this message is unexpected
+        self._parser = None  # what comes after this message is not ours (_expecting, data_received)
         self._cancel_timer()
         self._wake()
+
+    def _expecting(self) -> None:
+        """Raise when the response has ended already: what llhttp is parsing now is not ours to pass on."""
+        if self._complete:
+            self._extra = True
+            raise httptools.HttpParserError("bytes after the end of the response")
 
     # -- one exchange
 
@@ -179,7 +215,7 @@ class Connection(asyncio.BufferedProtocol):
         self._head_bytes = 0
         self._body.clear()
         self._buffered = self._received = 0
-        self._complete = False
+        self._complete = self._interim = self._extra = self._ended_early = False
         self._exc = None
         self._head_only = head_only
         self._may_splice = may_splice
@@ -290,7 +326,7 @@ class Connection(asyncio.BufferedProtocol):
 
     @property
     def reusable(self) -> bool:
-        return self._complete and self.keep_alive and not self.closed and self._exc is None
+        return self._complete and self.keep_alive and not self.closed and self._exc is None and not self._extra
 
     def write(self, *parts: bytes) -> None:
         """Send ``parts`` (one vectored write with uvloop: nothing is copied to join them)."""
@@ -368,15 +404,20 @@ class Pool:
         self._read_buffer = memoryview(bytearray(READ_SIZE))  # shared by its connections (see Connection)
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
-                      body: AsyncIterable[bytes] | None, chunked: bool, ready: bytes = b"",
-                      may_splice: bool = False) -> UpstreamResponse:
+                      body: AsyncIterable[bytes] | None, *, length: int | None, chunked: bool = False,
+                      ready: bytes = b"", may_splice: bool = False) -> UpstreamResponse:
         """Send a request; returns once the response head is in. The caller must ``release``.
+
+        ``headers`` must carry no framing (Content-Length, Transfer-Encoding): this writes its own, from the
+        body it sends: ``Content-Length: length`` when ``length`` is given (the caller reads exactly that
+        many bytes, and no more is sent), chunked when ``chunked``, else none (no body).
 
         ``ready`` is the start of the body, already at hand: it leaves with the head in one write (a
         separate write would cost a syscall, and the upstream a read). ``body`` is the rest, if any.
         ``may_splice``: see :meth:`Connection.start`.
         """
-        head = [_encode_head(method, target, headers, chunked)]
+        assert not (chunked and length is not None), "a body is framed one way"
+        head = [_encode_head(method, target, headers, length, chunked)]
         if ready:
             head.extend(_frame(ready, chunked))
         if chunked and body is None:
@@ -389,7 +430,8 @@ class Pool:
             except UpstreamError:
                 self._discard(conn)
                 continue
-            exchange = UpstreamResponse(self, conn, body, chunked)
+            exchange = UpstreamResponse(self, conn, body, chunked,
+                                        None if length is None else length - len(ready))
             try:
                 await exchange.wait_head()
             except UpstreamError as exc:
@@ -486,7 +528,8 @@ class Pool:
 class UpstreamResponse:
     """One request/response on a pooled connection: the head, then the body as it arrives."""
 
-    def __init__(self, pool: Pool, conn: Connection, body: AsyncIterable[bytes] | None, chunked: bool) -> None:
+    def __init__(self, pool: Pool, conn: Connection, body: AsyncIterable[bytes] | None, chunked: bool,
+                 remaining: int | None) -> None:
         self.pool, self.conn = pool, conn
         self.status = 0
         self.reason = ""
@@ -496,7 +539,7 @@ class UpstreamResponse:
         if body is not None:
             # Sent alongside reading the answer: an upstream that streams its reply while it
             # reads (an echo) would otherwise deadlock once the socket buffers fill.
-            self._writer = asyncio.ensure_future(self._send(body, chunked))
+            self._writer = asyncio.ensure_future(self._send(body, chunked, remaining))
 
     async def wait_head(self) -> None:
         self.status, self.reason, self.headers = await self.conn.head()
@@ -519,14 +562,21 @@ class UpstreamResponse:
         """Some of the body has arrived and is waiting to be read."""
         return bool(self.conn._body)
 
-    async def _send(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+    async def _send(self, body: AsyncIterable[bytes], chunked: bool, remaining: int | None) -> None:
+        """Write the rest of the body; with a Content-Length (``remaining`` bytes still owed), exactly that many."""
         conn = self.conn
         try:
             async for chunk in body:
                 if not chunk:
                     continue
+                if remaining is not None:
+                    remaining -= len(chunk)
+                    if remaining < 0:  # SECURITY: never write past the length we declared
+                        raise UpstreamError("protocol", "request body longer than its Content-Length")
                 conn.write(*_frame(chunk, chunked))
                 await conn.drain()
+            if remaining:  # the body ended early: the upstream must not wait for (or take) more
+                raise UpstreamError("reset", "request body ended before its Content-Length")
             if chunked:
                 conn.write(LAST_CHUNK)
         except asyncio.CancelledError:
@@ -547,15 +597,28 @@ class UpstreamResponse:
         self.pool._put_back(self.conn)
 
 
+def _ambiguous_framing(headers: list[tuple[str, str]]) -> str | None:
+    """Why a response's framing is ambiguous (RFC 9112 §6.3: a request smuggling shape), or None."""
+    lengths = [value for name, value in headers if name.lower() == "content-length"]
+    if len(lengths) > 1 or (lengths and "," in lengths[0]):
+        return "more than one Content-Length"
+    if lengths and any(name.lower() == "transfer-encoding" for name, _ in headers):
+        return "both Content-Length and Transfer-Encoding"
+    return None
+
+
 def _frame(chunk: bytes, chunked: bool) -> tuple[bytes, ...]:
     """``chunk`` as parts of a write: framed as one chunk of a chunked body, without copying it."""
     return (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
 
 
-def _encode_head(method: str, target: str, headers: list[tuple[str, str]], chunked: bool) -> bytes:
+def _encode_head(method: str, target: str, headers: list[tuple[str, str]], length: int | None,
+                 chunked: bool) -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
     lines.extend(f"{name}: {value}" for name, value in headers)
-    if chunked:
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    elif chunked:
         lines.append("Transfer-Encoding: chunked")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")

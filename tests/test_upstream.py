@@ -53,7 +53,7 @@ async def test_get_then_keep_alive_reuses_one_connection(aiohttp_server):
     server = await _app_server(aiohttp_server)
     pool = _pool(server)
     for _ in range(3):
-        resp = await pool.request("GET", "/a%2Fb?x=1", [("Host", "up")], None, False)
+        resp = await pool.request("GET", "/a%2Fb?x=1", [("Host", "up")], None, length=None)
         assert resp.status == 200
         assert b'"path": "/a%2Fb?x=1"' in await _body(resp)
     assert pool._count == 1 and len(pool._idle) == 1
@@ -69,8 +69,8 @@ async def test_chunked_and_sized_bodies_arrive_intact(aiohttp_server):
         for i in range(0, len(payload), 65536):
             yield payload[i:i + 65536]
 
-    for chunked, extra in ((True, []), (False, [("Content-Length", str(len(payload)))])):
-        resp = await pool.request("POST", "/up", [("Host", "up"), *extra], chunks(), chunked)
+    for chunked, length in ((True, None), (False, len(payload))):
+        resp = await pool.request("POST", "/up", [("Host", "up")], chunks(), length=length, chunked=chunked)
         body = await _body(resp)
         assert hashlib.sha256(payload).hexdigest().encode() in body
         assert (b'"te": "chunked"' in body) is chunked
@@ -80,11 +80,11 @@ async def test_chunked_and_sized_bodies_arrive_intact(aiohttp_server):
 async def test_head_and_204_have_no_body_and_connection_is_reused(aiohttp_server):
     server = await _app_server(aiohttp_server)
     pool = _pool(server)
-    resp = await pool.request("HEAD", "/x", [("Host", "up")], None, False)
+    resp = await pool.request("HEAD", "/x", [("Host", "up")], None, length=None)
     assert resp.status == 200 and await _body(resp) == b""
-    resp = await pool.request("GET", "/204", [("Host", "up")], None, False)
+    resp = await pool.request("GET", "/204", [("Host", "up")], None, length=None)
     assert resp.status == 204 and await _body(resp) == b""
-    resp = await pool.request("GET", "/x", [("Host", "up")], None, False)
+    resp = await pool.request("GET", "/x", [("Host", "up")], None, length=None)
     assert resp.status == 200 and b"GET" in await _body(resp)
     assert pool._count == 1
     await pool.close()
@@ -94,11 +94,11 @@ async def test_refused_and_read_timeout_map_to_502_and_504(aiohttp_server, unuse
     server = await _app_server(aiohttp_server)
     with pytest.raises(UpstreamError) as refused:
         await Pool("127.0.0.1", unused_tcp_port, ssl_context=None, server_hostname=None, limit=1,
-                   connect_timeout=1, read_timeout=1).request("GET", "/", [("Host", "x")], None, False)
+                   connect_timeout=1, read_timeout=1).request("GET", "/", [("Host", "x")], None, length=None)
     assert (refused.value.kind, refused.value.status) == ("refused", 502)
     pool = _pool(server, read_timeout=0.3)
     with pytest.raises(UpstreamError) as late:
-        await pool.request("GET", "/slow", [("Host", "up")], None, False)
+        await pool.request("GET", "/slow", [("Host", "up")], None, length=None)
     assert (late.value.kind, late.value.status) == ("timeout", 504)
     assert pool._count == 0
     await pool.close()
@@ -117,13 +117,13 @@ async def test_malformed_response_and_stale_keep_alive():
     port = server.sockets[0].getsockname()[1]
     pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None, limit=2, connect_timeout=1,
                 read_timeout=2)
-    resp = await pool.request("GET", "/", [("Host", "x")], None, False)
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)
     assert await _body(resp) == b"ok"
     await asyncio.sleep(0.05)
     with pytest.raises(UpstreamError) as bad:
-        await pool.request("GET", "/", [("Host", "x")], None, False)
+        await pool.request("GET", "/", [("Host", "x")], None, length=None)
     assert bad.value.kind == "protocol"
-    resp = await pool.request("GET", "/", [("Host", "x")], None, False)  # a fresh connection works
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)  # a fresh connection works
     assert resp.status == 200 and await _body(resp) == b""
     await pool.close()
     server.close()
@@ -141,7 +141,7 @@ async def test_a_response_head_over_the_cap_is_a_protocol_error():
     pool = Pool("127.0.0.1", server.sockets[0].getsockname()[1], ssl_context=None, server_hostname=None, limit=1,
                 connect_timeout=1, read_timeout=2)
     with pytest.raises(UpstreamError) as big:
-        await pool.request("GET", "/", [("Host", "x")], None, False)
+        await pool.request("GET", "/", [("Host", "x")], None, length=None)
     assert big.value.kind == "protocol" and "over 65536 bytes" in str(big.value)
     assert pool._count == 0
     await pool.close()
