@@ -70,13 +70,14 @@ class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark")
+                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark", "_answering")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
                  fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast_answer = fast_answer
         self._fast_task: asyncio.Task[None] | None = None
+        self._answering = False
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
@@ -147,7 +148,32 @@ class GuardedHandler(web_protocol.RequestHandler):
     def _answer_fast(self) -> None:
         """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
         then wake aiohttp's loop if a message is left for it."""
-        while self._messages and self.transport is not None and not self._force_close:
+        if self._answering:
+            return  # re-entered from the re-parse below: the loop there takes what it queued
+        self._answering = True
+        try:
+            while True:
+                self._answer_queued()
+                # aiohttp's parser stops at a full queue and its loop resumes reading as it takes messages
+                # (aiohttp >= 3.14.1); messages taken here must do the same, or a deep pipeline stalls.
+                if not self._buffer_paused or len(self._messages) > self._msg_queue_resume_size \
+                        or (self._messages and self._fast_task is None) or self._closing():
+                    break
+                before = len(self._messages)
+                self._resume_reading_if_drained()  # re-parses what the parser held back: may queue more
+                if len(self._messages) == before:
+                    break
+        finally:
+            self._answering = False
+        waiter = self._waiter
+        if self._messages and self._fast_task is None and waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the head message is aiohttp's to answer
+
+    def _closing(self) -> bool:
+        return self.transport is None or self._force_close or self._close
+
+    def _answer_queued(self) -> None:
+        while self._messages and not self._closing():
             msg, payload = self._messages[0]
             # HTTP/1.1 keep-alive only: an HTTP/1.0 client needs "Connection: keep-alive" and no chunking,
             # which aiohttp's own path handles. A body must be all here (no waiting, no body timer).
@@ -164,11 +190,9 @@ class GuardedHandler(web_protocol.RequestHandler):
             if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
                 self._fast_task = self._loop.create_task(self._run_fast(answer))
                 return
+            assert self.transport is not None
             self.transport.write(answer)
             self._restart_keepalive()
-        waiter = self._waiter
-        if self._messages and waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     async def _run_fast(self, answer: Coroutine[Any, Any, None]) -> None:
         try:

@@ -322,12 +322,13 @@ MakeProxy = Callable[..., Awaitable[Proxy]]
 class ProxyTestServer(TestServer):
     """A TestServer on the runner ``corsproxy serve`` uses (server.make_runner), not a plain AppRunner."""
 
-    def __init__(self, app: web.Application, config: cfg.Config, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, config: cfg.Config, *, fast: bool = True, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.config = config
+        self.fast = fast
 
     async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
-        return make_runner(self.app, self.config)
+        return make_runner(self.app, self.config, fast_preflights=self.fast)
 
 
 @pytest.fixture
@@ -337,7 +338,7 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
 
     async def make(rules_yaml: str = BASE_RULES, *, upstream_url: str | None = None, extra: str = "",
                    upstream_extra: str = "", server_kwargs: dict | None = None,
-                   client_kwargs: dict | None = None) -> Proxy:
+                   client_kwargs: dict | None = None, fast: bool = True) -> Proxy:
         text = (f"upstream:\n  url: {upstream_url or upstream.url + '/v1'}\n{upstream_extra}"
                 f"admin: null\n{extra}\n{rules_yaml}")
         config = cfg.parse(text, "test.yaml", env={})
@@ -347,7 +348,7 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
         if config.listen.tls is not None:  # listen.tls served as server.py serves it
             server_kwargs.setdefault("ssl", server_ssl(config))
         # Served on server.py's own runner (the guard, the connection-level preflight answers).
-        server = ProxyTestServer(app, config, host="127.0.0.1")
+        server = ProxyTestServer(app, config, fast=fast, host="127.0.0.1")
         await server.start_server(**server_kwargs)
         client = await aiohttp_client(server, auto_decompress=False, **(client_kwargs or {}))
         return Proxy(client, exchanges)
