@@ -94,6 +94,19 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._close and not self._force_close and self._request_in_progress and data:
+            # Draining (Server.pre_shutdown closed us): aiohttp would drop every byte from now on, and an
+            # upload in progress would stall until drain_timeout. Its body still arrives; the loop stops
+            # after this response, so nothing behind it is answered.
+            self._close = False
+            try:
+                self._received(data)
+            finally:
+                self._close = True
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
         start = self._rx
         self._rx = start + len(data)
@@ -202,9 +215,35 @@ class GuardedHandler(web_protocol.RequestHandler):
             self.force_close()
         finally:
             self._fast_task = None
-            if self.transport is not None and not self._force_close:
+            if self._close and not self._force_close:
+                self.force_close()  # draining: the connection ends after its response (which close() flushes)
+            elif self.transport is not None and not self._force_close:
                 self._restart_keepalive()
                 self._answer_fast()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """Let the request in flight finish, within ``timeout`` (listen.drain_timeout), before aiohttp's stop.
+
+        aiohttp's stop waits for its own handler only, and first sets ``_force_close``, after which every byte
+        received is dropped: an upload in progress would stall to the end. Here a response relayed on the
+        connection counts as a request in flight too, and a request body still arriving is still read.
+        """
+        deadline = None if timeout is None else self._loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                if self._fast_task is not None:
+                    await asyncio.shield(self._fast_task)
+                if self._request_in_progress:
+                    self._handler_waiter = self._loop.create_future()  # set by aiohttp's _handle_request
+                    try:
+                        await self._handler_waiter
+                    finally:
+                        self._handler_waiter = None
+        except (TimeoutError, asyncio.CancelledError):
+            if (me := asyncio.current_task()) is not None and me.cancelling():
+                raise  # our own stop was cancelled, not the request
+        left = None if deadline is None else max(0.0, deadline - self._loop.time())
+        await super().shutdown(left)
 
     def _restart_keepalive(self) -> None:
         if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response

@@ -7,11 +7,13 @@ bench/memory_stream.py (its RSS measured apart from the client's).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -23,19 +25,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_process(config_text: str, workdir: Path, port: int, *,
+def serve_process(config_text: str, workdir: Path, port: int, *, args: Sequence[str] = (),
                   timeout: float = 15.0) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m corsproxy serve`` on ``config_text`` (which must listen on 127.0.0.1:``port``), its output
-    in ``workdir/proxy.log``; yields once the port accepts connections; SIGTERM at the end (SIGKILL after 10 s).
+    """``python -m corsproxy serve`` on ``config_text`` (which must listen on 127.0.0.1:``port``) with ``args``
+    (``--workers 2``), its output in ``workdir/proxy.log``; yields once the port accepts connections; SIGTERM at
+    the end (SIGKILL to its whole process group, workers included, after 10 s).
 
     Raises RuntimeError, with the log, when the process exits or does not listen within ``timeout``.
     """
     config = workdir / "corsproxy.yaml"
     config.write_text(config_text)
     log_path = workdir / "proxy.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CORSPROXY_", "PROMETHEUS_"))}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "corsproxy", "serve", "-c", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "corsproxy", "serve", "-c", str(config), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         _wait_listening(proc, port, timeout, log_path)
         yield proc
@@ -44,8 +48,10 @@ def serve_process(config_text: str, workdir: Path, port: int, *,
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the process and any worker it left behind
+        proc.wait(5)
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float, log_path: Path) -> None:
