@@ -536,7 +536,7 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
     try:
         upstream = await request.app[SESSION_KEY].ws_connect(
             upstream_url(snap, request), headers=headers, protocols=protocols, autoping=False, autoclose=False,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=WS_CLOSE_TIMEOUT),
         )
     except aiohttp.ClientError as exc:  # a refused handshake (WSServerHandshakeError) included
         return _done(request, ex, _failed(request, snap, ex, exc))
@@ -555,7 +555,12 @@ async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebS
     tasks = [asyncio.ensure_future(_pump(client, upstream, ex, "in")),
              asyncio.ensure_future(_pump(upstream, client, ex, "out"))]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        if not first.cancelled() and first.exception() is None and first.result() is False and pending:
+            # Woken by the other pump's close() of its source: that pump is in the middle of the close
+            # handshake (sending one side's close on, waiting for the answer); cancelling it would cut it.
+            await asyncio.wait(pending, timeout=WS_CLOSE_TIMEOUT * 2)
     finally:
         for task in tasks:
             task.cancel()
@@ -569,13 +574,15 @@ WSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # is passed on as 1000; 1006/1015 (connection lost) as WS_LOST: "going away" (1001) to the upstream when
 # the client vanished ("in"), "bad gateway" (1014) to the client when the upstream did ("out").
 WS_NO_CODE = 1005
+WS_CLOSE_TIMEOUT = 10.0  # seconds the upstream has to answer a close frame
 WS_UNSENDABLE = frozenset({1006, 1015})
 WS_LOST = {"in": aiohttp.WSCloseCode.GOING_AWAY, "out": aiohttp.WSCloseCode.BAD_GATEWAY}
 WS_DATA = {aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG}
 
 
-async def _pump(src: WSocket, dst: WSocket, ex: Exchange, direction: str) -> None:
-    """Relay src -> dst; when src closes, close dst with src's code and reason, then answer src's close."""
+async def _pump(src: WSocket, dst: WSocket, ex: Exchange, direction: str) -> bool:
+    """Relay src -> dst; when src closes, close dst with src's code and reason, then answer src's close with
+    dst's answer. False when this pump was only woken by the other one closing src."""
     while (msg := await src.receive()).type in WS_DATA:
         await _send(dst, msg)
         size = len(msg.data)
@@ -584,10 +591,12 @@ async def _pump(src: WSocket, dst: WSocket, ex: Exchange, direction: str) -> Non
         else:
             ex.bytes_out += size
     if msg.type == aiohttp.WSMsgType.CLOSING:
-        return  # our own close() of src woke this receive: the other pump is closing both sides
+        return False  # our own close() of src woke this receive: the other pump is closing both sides
     code, reason = _close_frame(msg, WS_LOST[direction])
     await dst.close(code=code, message=reason)
-    await src.close(code=code)
+    answer = dst.close_code  # what dst answered the close with (1006 when it did not)
+    await src.close(code=code if answer is None or answer in WS_UNSENDABLE else answer, message=reason)
+    return True
 
 
 async def _send(dst: WSocket, msg: aiohttp.WSMessage) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from yarl import URL
@@ -217,6 +217,20 @@ async def ws_close(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
+async def ws_mirror(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket that answers a close with the code and reason it got; ?code=N&reason=R: closes first with them."""
+    sock = web.WebSocketResponse(autoclose=False)
+    await sock.prepare(request)
+    if "code" in request.query:
+        await sock.close(code=int(request.query["code"]), message=request.query.get("reason", "").encode())
+        return sock
+    msg = await sock.receive()
+    if msg.type == WSMsgType.CLOSE:
+        request.app[UPSTREAM_KEY].note(f"ws-got:{msg.data}:{msg.extra}")
+        await sock.close(code=msg.data, message=(msg.extra or "").encode())
+    return sock
+
+
 async def ws_proto(request: web.Request) -> web.WebSocketResponse:
     """WebSocket that speaks the "v2.chat" subprotocol only, and says which one was chosen."""
     sock = web.WebSocketResponse(protocols=("v2.chat",))
@@ -265,6 +279,7 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/wsclose": ws_close,
     "v1/wsdie": ws_die,
     "v1/wsproto": ws_proto,
+    "v1/wsmirror": ws_mirror,
     "v1/ws": ws,
     "v1/hang": hang,
     "v1/early": early,
