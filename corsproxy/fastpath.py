@@ -31,7 +31,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import splice
-from .guard import FastAnswer, GuardedHandler
+from .guard import FastAnswer, GuardedHandler, abort
 from .paths import BadPath, decode_path
 from .policy import CorsRequest, Decision, decide, finish, respond_headers
 from .proxy import (
@@ -191,7 +191,7 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
         finally:
             upstream.release()
     except ConnectionResetError:  # the client went away while we wrote
-        _abort(handler)
+        abort(handler.transport)
     finally:
         notify(app, ex)
 
@@ -220,15 +220,15 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
         return
     transport.write(head)
     try:
-        if await splice_rest(transport, ex, upstream):  # (not for HEAD, 204/304 or chunked: no plain length)
+        # (never for HEAD, 204/304 or chunked: no plain length)
+        if await splice_rest(transport, ex, upstream, snap.config.limits.min_data_rate):
             return
         while chunk := await upstream.read():
             transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
             ex.bytes_out += len(chunk)
             await handler.drain()
     except (UpstreamError, splice.DestinationStalled) as exc:
-        broke_off(request, ex, exc)
-        _abort(handler)
+        broke_off(request, ex, exc, transport)
         return
     if chunked:
         transport.write(b"0\r\n\r\n")
@@ -260,8 +260,3 @@ def _head(snap: Snapshot, decision: Decision | None, status: int, reason: str, h
     lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{name}: {value}\r\n" for name, value in headers.items())]
     return "".join(lines).encode("utf-8", "surrogateescape")
 
-
-def _abort(handler: GuardedHandler) -> None:
-    # The status line is gone already: the only honest signal left is a broken connection.
-    if handler.transport is not None:
-        handler.transport.abort()

@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -53,6 +56,15 @@ BODY_TIMEOUT = 30.0  # seconds without a byte while a request body is being read
 # own limits apply: 128 headers, 16 KiB a field (app.py's handler_args), 8190 bytes a request line.
 MAX_HEAD = 64 * 1024
 LINGER = 2.0  # seconds to drain a refused request's remaining bytes before closing
+# limits.min_data_rate is averaged over this long before it applies (Kestrel's grace period), and checked every
+# RATE_TICK seconds while a request body is read or the proxy waits for a client to take a response.
+MIN_RATE_GRACE = 5.0
+RATE_TICK = 1.0
+# Bytes of response a connection may hold for a client slower than the upstream (the transport's buffer) before
+# the relay waits for it: an answer up to this size leaves the upstream at the upstream's speed, and its
+# connection goes back to the pool, whatever the client's (nginx proxy_buffering, in memory only).
+RESPONSE_BUFFER = 2**20
+TCP_INFO_SIZE = 128  # struct tcp_info up to tcpi_bytes_acked (u64 at offset 120, Linux >= 4.1)
 CLOSING_RESPONSE = (
     b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
@@ -70,11 +82,19 @@ class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark", "_answering")
+                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark", "_answering", "_min_rate",
+                 "_body_active", "_body_tick", "_body_mark", "_wait_since", "_wait_acked", "_write_timer")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
-                 fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
+                 min_data_rate: float | None = None, fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._min_rate = min_data_rate
+        # Over each MIN_RATE_GRACE seconds a body is read (not paused by us): seconds so far, last look, bytes before.
+        self._body_active = self._body_tick = 0.0
+        self._body_mark = 0
+        self._wait_since: float | None = None  # waiting for the client to take a response since
+        self._wait_acked = 0  # bytes it had acknowledged then
+        self._write_timer: asyncio.TimerHandle | None = None
         self._fast_answer = fast_answer
         self._fast_task: asyncio.Task[None] | None = None
         self._answering = False
@@ -156,7 +176,9 @@ class GuardedHandler(web_protocol.RequestHandler):
                 # Handled like any other parse error: aiohttp's error response and a closed connection.
                 self._messages[i] = (web_protocol._ErrInfo(status, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
             elif payload is not EMPTY_PAYLOAD and not payload.is_eof() and self._body_timer is None:
-                self._body_timer = self._loop.call_later(self._body_timeout, self._check_body, payload)
+                self._body_active, self._body_tick, self._body_mark = 0.0, self._loop.time(), 0
+                self._body_timer = self._loop.call_later(min(RATE_TICK, self._body_timeout), self._check_body,
+                                                         payload)
 
     def _answer_fast(self) -> None:
         """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
@@ -298,6 +320,9 @@ class GuardedHandler(web_protocol.RequestHandler):
     def _cancel_timers(self) -> None:
         self._cancel(header=True)
         self._cancel(header=False)
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
@@ -315,18 +340,71 @@ class GuardedHandler(web_protocol.RequestHandler):
         if self._reading_paused:
             # The proxy stopped reading (the upstream is slow to take the body): not the client's fault.
             self._last_rx = now
+        else:
+            self._body_active += now - self._body_tick
+        self._body_tick = now
         idle = now - self._last_rx
-        if idle < self._body_timeout:
-            self._body_timer = self._loop.call_later(self._body_timeout - idle, self._check_body, payload)
+        rate = self._min_rate
+        if idle >= self._body_timeout:
+            why, reason = f"request body stalled for {self._body_timeout}s", "request body stalled"
+        elif rate is not None and self._body_active >= MIN_RATE_GRACE and \
+                payload.total_bytes - self._body_mark < rate * self._body_active:
+            why = (f"request body at {(payload.total_bytes - self._body_mark) / self._body_active:.0f} bytes/s "
+                   f"over {self._body_active:.0f}s, under limits.min_data_rate ({rate:g} bytes/s)")
+            reason = "request body too slow"
+        else:
+            if self._body_active >= MIN_RATE_GRACE:  # one window of reading: the next begins now
+                self._body_active, self._body_mark = 0.0, payload.total_bytes
+            self._body_timer = self._loop.call_later(min(RATE_TICK, self._body_timeout - idle), self._check_body,
+                                                     payload)
             return
         request = self._current_request
         started = request is not None and request._payload_writer.output_size > 0
-        log.warning("closing connection from %s: request body stalled for %ss%s", _peer(self), self._body_timeout,
+        log.warning("closing connection from %s: %s%s", _peer(self), why,
                     " (response already started)" if started else " (408)")
         if started:
             self.force_close()
         else:
-            self._send_and_close(b"408 Request Timeout", "request body stalled")
+            self._send_and_close(b"408 Request Timeout", reason)
+
+    # -- a client slow to take its response (limits.min_data_rate): while the transport's buffer stays over its
+    # high-water mark (pause_writing until resume_writing) the proxy waits on the client; over each
+    # MIN_RATE_GRACE seconds of that it must take (TCP-acknowledge) min_data_rate bytes a second.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._min_rate is not None and self.transport is not None:
+            acked = bytes_acked(self.transport)
+            if acked is not None:  # (Linux; elsewhere no rate is enforced on responses)
+                self._wait_since, self._wait_acked = self._loop.time(), acked
+                if self._write_timer is None:
+                    self._write_timer = self._loop.call_later(RATE_TICK, self._check_write)
+
+    def resume_writing(self) -> None:
+        self._wait_since = None
+        super().resume_writing()
+
+    def _check_write(self) -> None:
+        self._write_timer = None
+        transport, since, rate = self.transport, self._wait_since, self._min_rate
+        if since is None or transport is None or rate is None:
+            return
+        now, acked = self._loop.time(), bytes_acked(transport) or 0
+        waited, taken = now - since, acked - self._wait_acked
+        if waited >= MIN_RATE_GRACE:  # one window: the next begins now
+            if taken < rate * waited:
+                log.warning("closing connection from %s: the client took %d bytes of its response in %.0fs, under "
+                            "limits.min_data_rate (%g bytes/s)", _peer(self), taken, waited, rate)
+                abort(transport, reset=True)  # (close() would go on writing the buffer to it)
+                return
+            self._wait_since, self._wait_acked = now, acked
+        self._write_timer = self._loop.call_later(RATE_TICK, self._check_write)
+
+    async def _drain_helper(self) -> None:
+        transport = self.transport
+        if transport is not None and self._paused and transport.get_write_buffer_size() <= RESPONSE_BUFFER:
+            return  # a slow client: its response waits here, not in the upstream connection (RESPONSE_BUFFER)
+        await super()._drain_helper()
 
     def _send_and_close(self, status: bytes, reason: str, *, linger: bool = False) -> None:
         body = (reason + "\n").encode()
@@ -343,6 +421,31 @@ class GuardedHandler(web_protocol.RequestHandler):
         if transport.can_write_eof():
             transport.write_eof()
         self._loop.call_later(LINGER, transport.close)
+
+
+def abort(transport: asyncio.BaseTransport | None, *, reset: bool = False) -> None:
+    """Break a client connection whose response cannot be finished (the status line is gone already: a broken
+    connection is the only honest signal left). ``reset``: at once, with an RST, dropping what the kernel still
+    holds for it (a client too slow to take it would otherwise get it, and the FIN, minutes later)."""
+    if transport is None:
+        return
+    if reset:
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (AttributeError, OSError):
+            pass
+    transport.abort()
+
+
+def bytes_acked(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes the peer's TCP has acknowledged on this connection (Linux ``tcpi_bytes_acked``), or None."""
+    sock = transport.get_extra_info("socket")
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+    except (AttributeError, OSError):
+        return None
+    return int.from_bytes(info[120:128], sys.byteorder) if len(info) >= TCP_INFO_SIZE else None
 
 
 def _framing_problem(msg: RawRequestMessage, sized: bool) -> tuple[int, str | None]:
@@ -371,17 +474,18 @@ def _peer(handler: web_protocol.RequestHandler) -> str:
 class GuardedServer(web.Server):
     """aiohttp's Server, making :class:`GuardedHandler` connections."""
 
-    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, fast_answer: FastAnswer | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, min_data_rate: float | None = None,
+                 fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._guard = {"header_timeout": header_timeout, "body_timeout": body_timeout, "fast_answer": fast_answer}
+        self._guard = {"header_timeout": header_timeout, "body_timeout": body_timeout,
+                       "min_data_rate": min_data_rate, "fast_answer": fast_answer}
 
     def __call__(self) -> GuardedHandler:
         return GuardedHandler(self, loop=self._loop, **self._guard, **self._kwargs)
 
-    def set_timeouts(self, header_timeout: float, body_timeout: float) -> None:
+    def set_timeouts(self, header_timeout: float, body_timeout: float, min_data_rate: float | None = None) -> None:
         """For connections opened from now on (a reload)."""
-        self._guard.update(header_timeout=header_timeout, body_timeout=body_timeout)
+        self._guard.update(header_timeout=header_timeout, body_timeout=body_timeout, min_data_rate=min_data_rate)
 
 
 class GuardedRunner(web.AppRunner):
@@ -392,20 +496,22 @@ class GuardedRunner(web.AppRunner):
     """
 
     def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT,
-                 body_timeout: float = BODY_TIMEOUT, fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
+                 body_timeout: float = BODY_TIMEOUT, min_data_rate: float | None = None,
+                 fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.min_data_rate = min_data_rate
         self.fast_answer = fast_answer
 
-    def set_timeouts(self, header_timeout: float, body_timeout: float) -> None:
-        self.header_timeout, self.body_timeout = header_timeout, body_timeout
+    def set_timeouts(self, header_timeout: float, body_timeout: float, min_data_rate: float | None = None) -> None:
+        self.header_timeout, self.body_timeout, self.min_data_rate = header_timeout, body_timeout, min_data_rate
         if isinstance(self.server, GuardedServer):
-            self.server.set_timeouts(header_timeout, body_timeout)
+            self.server.set_timeouts(header_timeout, body_timeout, min_data_rate)
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, loop=plain._loop,
                              header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                             fast_answer=self.fast_answer, **plain._kwargs)
+                             min_data_rate=self.min_data_rate, fast_answer=self.fast_answer, **plain._kwargs)

@@ -17,7 +17,7 @@ REQUEST_HANDLER = (
     "_current_request", "_request_in_progress", "_handler_waiter",  # a request in flight; the stop waits for it
     "_keepalive_timeout", "_next_keepalive_close_time", "_keepalive_handle", "_process_keepalive",
     "_reading_paused", "_buffer_paused", "_msg_queue_resume_size", "_resume_reading_if_drained",
-    "_drain_helper", "_loop",
+    "_drain_helper", "_paused", "_loop",  # writing paused: a response waits in our buffer (RESPONSE_BUFFER)
 )
 WEB_PROTOCOL = ("_ErrInfo",)  # aiohttp.web_protocol: a parse error queued as a message (guard._check_new)
 SERVER = ("_kwargs", "_loop")  # web.Server instances: copied into guard.GuardedServer

@@ -29,6 +29,7 @@ from yarl import URL
 
 from . import splice
 from .config import Config, IPNetwork
+from .guard import MIN_RATE_GRACE, RESPONSE_BUFFER, abort
 from .headers import HOP_BY_HOP, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
 from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
@@ -48,6 +49,7 @@ PROXY_ANSWERED = frozenset({"expect"})
 # Client headers never passed on: the proxy writes its own (lowercase). FORWARDED_BY_US too, unless the client
 # is a trusted proxy.
 OWN_HEADERS = frozenset({"host", "via", "content-length"})
+BODY_BEFORE_CONNECTING = 2**16  # bytes of a request body read before taking an upstream connection
 FORWARDED_BY_US = frozenset({"x-forwarded-proto", "x-forwarded-host"})
 
 
@@ -283,12 +285,19 @@ class _Upload:
     limit: int | None
     ex: Exchange
 
-    def ready(self) -> bytes:
-        """What of the body has arrived already (often all of it, with the head)."""
+    async def first(self, size: int) -> bytes:
+        """The body's first ``size`` bytes or all of it, read before an upstream connection is taken: a client
+        trickling a small body holds no connection of the pool meanwhile (limits.min_data_rate ends it)."""
+        content = self.request.content
         try:
-            return self._counted(self.request.content.read_nowait())
+            parts = [self._counted(content.read_nowait())]  # what came with the head (often all of it)
+            got = len(parts[0])
+            while got < size and not content.at_eof():
+                parts.append(self._counted(await content.readany()))
+                got += len(parts[-1])
         except HttpProcessingError as exc:
             raise RequestBodyError(f"malformed request body: {exc}") from exc
+        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -337,7 +346,7 @@ async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.St
     try:
         if has_body:
             upload = _Upload(request, limit, ex)
-            ready = upload.ready()
+            ready = await upload.first(BODY_BEFORE_CONNECTING)
             body = None if request.content.at_eof() else upload.chunks()
         upstream = await pool_for(request.app, snap).request(
             request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), body,
@@ -405,26 +414,25 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
         # when the rest may bypass the process: it must be out before splice_rest writes.
         resp._send_headers_immediately = not upstream.has_data or may_splice(request.transport)
         await resp.prepare(request)
-        if await _stream_body(request, ex, upstream, resp):
+        if await _stream_body(request, snap, ex, upstream, resp):
             await resp.write_eof()
-            return resp
+        return resp  # (broken off: aiohttp's own write_eof meets a closed transport, logged at debug)
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
-        pass
-    _abort(request)
-    return resp  # aiohttp's own write_eof then meets a closed transport: logged at debug, no traceback
+        abort(request.transport)
+    return resp
 
 
-async def _stream_body(request: web.Request, ex: Exchange, upstream: UpstreamResponse,
+async def _stream_body(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse,
                        resp: web.StreamResponse) -> bool:
-    """Relay the upstream's body; False when it broke off (then the client connection must be aborted)."""
+    """Relay the upstream's body; False when it broke off (and the client connection was aborted)."""
     try:
-        if await splice_rest(request.transport, ex, upstream):
+        if await splice_rest(request.transport, ex, upstream, snap.config.limits.min_data_rate):
             return True
         while chunk := await upstream.read():
             await resp.write(chunk)
             ex.bytes_out += len(chunk)
     except (UpstreamError, RequestBodyError, splice.DestinationStalled) as exc:
-        broke_off(request, ex, exc)
+        broke_off(request, ex, exc, request.transport)
         return False
     return True
 
@@ -434,9 +442,12 @@ def may_splice(transport: asyncio.BaseTransport | None) -> bool:
     return splice.AVAILABLE and transport is not None and transport.get_extra_info("sslcontext") is None
 
 
-async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, upstream: UpstreamResponse) -> bool:
+async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, upstream: UpstreamResponse,
+                      min_rate: float | None) -> bool:
     """Send the rest of the upstream's body to the client without it entering the process
-    (``Connection.splice_body``); False, with nothing sent, when it cannot go that way.
+    (``Connection.splice_body``); False when it cannot go that way (nothing sent), or stopped because the
+    client is slow and the rest fits guard.RESPONSE_BUFFER (the caller relays the rest; its connection's
+    buffer holds it for the client).
 
     Raises UpstreamError, splice.DestinationStalled, or ConnectionResetError when the client went away.
     """
@@ -446,13 +457,15 @@ async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, ups
         return False
     sent = [0]
     try:
-        return await upstream.splice_body(sock.fileno(), sent)
+        return await upstream.splice_body(sock.fileno(), sent, budget=RESPONSE_BUFFER, min_rate=min_rate,
+                                          grace=MIN_RATE_GRACE)
     finally:
         ex.bytes_out += sent[0]
 
 
-def broke_off(request: Incoming, ex: Exchange, exc: Exception) -> None:
-    """Log an exchange that broke off after its response began; the caller aborts the client connection."""
+def broke_off(request: Incoming, ex: Exchange, exc: Exception, transport: asyncio.BaseTransport | None) -> None:
+    """Log an exchange that broke off after its response began, and abort the client connection."""
+    abort(transport, reset=isinstance(exc, splice.DestinationTooSlow))
     if isinstance(exc, UpstreamError):  # resets, malformed framing and the read timeout
         ex.upstream_error = "aborted"
         log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
@@ -477,12 +490,6 @@ def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,
     if (debug := decision_header(snap, decision)) is not None:
         headers[DECISION_HEADER] = debug
     return headers
-
-
-def _abort(request: web.Request) -> None:
-    # The status line is gone already: the only honest signal left is a broken connection.
-    if request.transport is not None:
-        request.transport.abort()
 
 
 def _rewrite_locations(snap: Snapshot, request: Incoming, headers: CIMultiDict[str]) -> None:

@@ -85,6 +85,7 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout,
                          header_timeout=config.limits.header_timeout, body_timeout=config.limits.body_timeout,
+                         min_data_rate=config.limits.min_data_rate,
                          fast_answer=fast_answerer(app) if fast_preflights else None)
 
 
@@ -243,7 +244,8 @@ class Server:
         apply_logging(config)
         self.access.enabled = config.logging.access_log
         if self.proxy_runner is not None:
-            self.proxy_runner.set_timeouts(config.limits.header_timeout, config.limits.body_timeout)
+            limits = config.limits
+            self.proxy_runner.set_timeouts(limits.header_timeout, limits.body_timeout, limits.min_data_rate)
 
     async def start(self) -> None:
         config = self.config()

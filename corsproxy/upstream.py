@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 from collections.abc import AsyncIterable
+from typing import Any
 
 import httptools
 
@@ -86,6 +87,7 @@ class Connection(asyncio.BufferedProtocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._pipe: splice.Pipe | None = None  # made by the first splice_body, closed with the connection
         self._splicing = False
+        self._unparsed = 0  # bytes of a body still to come after splice_body stopped part way
 
     # -- asyncio.Protocol
 
@@ -100,6 +102,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         self._last_data = self.loop.time()
+        if self._unparsed:  # the rest of a Content-Length body splice_body began: counted, past the parser
+            n = min(len(data), self._unparsed)
+            self._unparsed -= n
+            self.on_body(bytes(data[:n]))
+            if not self._unparsed:
+                self.on_message_complete()
+            data = data[n:]
+            if not data:
+                return
         if self._parser is None:  # bytes nobody asked for: the connection cannot be trusted
             self.keep_alive = False
             self.close()
@@ -220,6 +231,7 @@ class Connection(asyncio.BufferedProtocol):
         self._head_only = head_only
         self._may_splice = may_splice
         self._splice_length = None
+        self._unparsed = 0
         self._until_close = False
         self._head = self.loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
@@ -259,13 +271,16 @@ class Connection(asyncio.BufferedProtocol):
         self._buffered = 0
         return data
 
-    async def splice_body(self, dst_fd: int, sent: list[int]) -> bool:
+    async def splice_body(self, dst_fd: int, sent: list[int], *, budget: int = 0, min_rate: float | None = None,
+                          grace: float = 5.0) -> bool:
         """Send the rest of the body to socket ``dst_fd`` with :func:`splice.move`: it never enters the process.
 
         Only after ``start(may_splice=True)``, for a body framed by ``Content-Length`` alone with at least
         ``READ_SIZE`` still to come, over plain TCP; else False, and nothing was sent. ``sent[0]`` counts
-        what was. Raises UpstreamError as :meth:`read` does, and what :func:`splice.move` raises for the
-        destination.
+        what was. Also False when the destination stalls and the rest fits ``budget``: :meth:`read` then
+        returns the rest (so the exchange can complete, and this connection go back to its pool, while the
+        destination catches up). ``min_rate``/``grace``: see :func:`splice.move`. Raises UpstreamError as
+        :meth:`read` does, and what :func:`splice.move` raises for the destination.
         """
         transport = self.transport
         length = self._splice_length
@@ -282,8 +297,8 @@ class Connection(asyncio.BufferedProtocol):
             self._pipe = splice.Pipe()
         self._splicing = True
         try:
-            await splice.move(sock.fileno(), dst_fd, length - self._received, self._pipe, self.read_timeout,
-                              sent, first)
+            rest = await splice.move(sock.fileno(), dst_fd, length - self._received, self._pipe, self.read_timeout,
+                                     sent, first, budget=budget, min_rate=min_rate, grace=grace)
         except splice.SourceClosed as exc:
             raise self._failed(UpstreamError("reset", f"the upstream closed the connection: {exc}")) from None
         except splice.SourceStalled:
@@ -296,6 +311,19 @@ class Connection(asyncio.BufferedProtocol):
             self._splicing = False
             if self.closed:
                 self._close_pipe()
+        if rest is not None:  # the destination is slow: the rest goes through the process after all
+            chunks, self._unparsed = rest
+            for chunk in chunks:
+                if chunk:
+                    self._body.append(chunk)
+                    self._buffered += len(chunk)
+            if not self._unparsed:
+                self.on_message_complete()
+            else:
+                self._last_data = self.loop.time()
+                self._timer = self.loop.call_at(self._last_data + self.read_timeout, self._check_timeout)
+            self._resume()
+            return False
         self.on_message_complete()
         self._resume()  # an idle pooled connection must notice the upstream closing it
         return True
@@ -550,12 +578,12 @@ class UpstreamResponse:
     def whole_body(self) -> bytes | None:
         return self.conn.whole_body()
 
-    async def splice_body(self, dst_fd: int, sent: list[int]) -> bool:
+    async def splice_body(self, dst_fd: int, sent: list[int], **kwargs: Any) -> bool:
         """:meth:`Connection.splice_body`, unless a request body is still being sent (its failure must reach
         :meth:`read`)."""
         if self._writer is not None and not self._writer.done():
             return False
-        return await self.conn.splice_body(dst_fd, sent)
+        return await self.conn.splice_body(dst_fd, sent, **kwargs)
 
     @property
     def has_data(self) -> bool:

@@ -97,10 +97,11 @@ async def sse(request: web.Request) -> web.StreamResponse:
 
 
 async def big(request: web.Request) -> web.StreamResponse:
-    """GET /big?mib=N: N MiB of a repeating pattern, streamed in 64 KiB chunks."""
+    """GET /big?mib=N: N MiB of a repeating pattern, streamed in 64 KiB chunks (chunked with ?chunked)."""
     mib = int(request.query.get("mib", "2"))
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    resp.content_length = mib * 2**20
+    if "chunked" not in request.query:
+        resp.content_length = mib * 2**20
     await resp.prepare(request)
     chunk = bytes(range(256)) * 256
     for _ in range(mib * 16):

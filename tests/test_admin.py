@@ -93,6 +93,7 @@ async def test_config_is_the_effective_config_with_key_paths_but_never_their_con
     assert "PRIVATE KEY" not in text and "s3cret" not in text
     assert data["upstream"]["url"] == upstream.url.replace("http://", "http://user:***@") + "/v1"
     assert data["rules"][0]["name"] == "app" and data["rules"][0]["allow_origins"] == [APP]
+    assert data["limits"]["min_data_rate"] == 240.0
     assert data["sha256"] == config.sha256
 
 
