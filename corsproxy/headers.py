@@ -37,14 +37,19 @@ def split_tokens(value: str) -> list[str]:
 
 def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
     """Hop-by-hop names for one message: the fixed set plus what ``Connection`` lists."""
-    listed = {name.lower() for value in connection_values for name in split_tokens(value)}
+    listed = set(lowered_tokens(connection_values))
     return HOP_BY_HOP | listed if listed else HOP_BY_HOP
+
+
+def lowered_tokens(values: Iterable[str]) -> list[str]:
+    """The items of a header that may repeat, in order, lowercased: ``["Close, X", "y"]`` -> ``["close", "x", "y"]``."""
+    return [name.lower() for value in values for name in split_tokens(value)]
 
 
 def names_framing(connection_values: Iterable[str]) -> list[str]:
     """The :data:`FRAMING` names a message's ``Connection`` values list (``"close, Content-Length"`` ->
     ``["content-length"]``); empty when it lists none."""
-    return sorted({name.lower() for value in connection_values for name in split_tokens(value)} & FRAMING)
+    return sorted(set(lowered_tokens(connection_values)) & FRAMING)
 
 
 def merge_vary(existing: Iterable[str], add: Iterable[str]) -> str:
