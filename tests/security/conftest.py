@@ -65,52 +65,67 @@ class Message:
         return [v for k, v in self.headers if k.lower() == name.lower()]
 
 
-@dataclass
-class StrictUpstream:
-    """Records what reached it; ``errors`` are messages llhttp (strict) refused: framing the proxy broke."""
+class RawServer:
+    """A TCP server on 127.0.0.1 whose connections ``_conn`` serves; ``stop`` drops those still open."""
 
-    port: int = 0
-    messages: list[Message] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    raw: dict[int, bytes] = field(default_factory=dict)
+    port = 0
     server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-            with contextlib.suppress(asyncio.TimeoutError):
+            for writer in self.writers:
+                writer.transport.abort()
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 1)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        try:
+            await self._conn(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class StrictUpstream(RawServer):
+    """Records what reached it; ``errors`` are messages llhttp (strict) refused: framing the proxy broke."""
+
+    messages: list[Message] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    raw: dict[int, bytes] = field(default_factory=dict)
+
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = len(self.raw)
         self.raw[conn] = b""
         collect = _Collect(self, conn, writer)
         parser = collect.parser = httptools.HttpRequestParser(collect)
-        try:
-            while data := await reader.read(65536):
-                self.raw[conn] += data
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserUpgrade:
-                    self.errors.append(f"conn {conn}: an upgrade reached the upstream")
-                    break
-                except httptools.HttpParserError as exc:
-                    self.errors.append(f"conn {conn}: {exc!r} in {self.raw[conn][-300:]!r}")
-                    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    break
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        while data := await reader.read(65536):
+            self.raw[conn] += data
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self.errors.append(f"conn {conn}: an upgrade reached the upstream")
+                return
+            except httptools.HttpParserError as exc:
+                self.errors.append(f"conn {conn}: {exc!r} in {self.raw[conn][-300:]!r}")
+                writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            await writer.drain()
 
 
 class _Collect:
@@ -150,56 +165,31 @@ Script = Sequence[bytes | float]  # bytes to write, or seconds to wait
 
 
 @dataclass
-class ScriptedUpstream:
+class ScriptedUpstream(RawServer):
     """Answers ``/script`` with ``script`` (then keeps the connection open, or closes it when the script ends with
     ``CLOSE``), anything else with ``200 normal``. Counts connections and requests."""
 
     script: Script = ()
-    port: int = 0
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
-    server: asyncio.Server | None = None
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for writer in self.writers:
-                writer.transport.abort()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self.writers.append(writer)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.requests.append(head)
-                if b"/script" not in head.split(b"\r\n", 1)[0]:
-                    writer.write(NORMAL)
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.requests.append(head)
+            if b"/script" not in head.split(b"\r\n", 1)[0]:
+                writer.write(NORMAL)
+                await writer.drain()
+                continue
+            for part in self.script:
+                if part is CLOSE:
+                    return
+                if isinstance(part, float):
+                    await asyncio.sleep(part)
+                else:
+                    writer.write(part)
                     await writer.drain()
-                    continue
-                for part in self.script:
-                    if part is CLOSE:
-                        return
-                    if isinstance(part, float):
-                        await asyncio.sleep(part)
-                    else:
-                        writer.write(part)
-                        await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 CLOSE = b"<close>"
