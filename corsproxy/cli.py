@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from multidict import CIMultiDict
 
 from . import __version__
-from .config import Config, ConfigError, default_config_path, describe, load, with_overrides
+from .config import Config, ConfigError, Rule, default_config_path, describe, load, with_overrides
 from .lint import lint
 from .paths import BadPath, decode_path
 from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
@@ -145,12 +145,19 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{config.source}: OK, upstream {config.upstream.url}, {len(config.rules)} rule(s)")
         for rule in config.rules:
             print(f"  {rule.name}: paths {', '.join(rule.paths.patterns)}; origins "
-                  f"{', '.join(map(_show_origin, rule.allow_origins))}; methods {', '.join(rule.allow_methods)}"
+                  f"{', '.join(_show_origins(rule))}; methods {', '.join(rule.allow_methods)}"
                   f"{'; credentials' if rule.allow_credentials else ''}"
                   f"{'; ' + rule.mode if rule.mode != 'enforce' else ''}")
     for warning in warnings:
         print(warning, file=sys.stderr)
     return EXIT_CONFIG if args.strict and warnings else EXIT_OK
+
+
+def _show_origins(rule: Rule) -> list[str]:
+    """Each entry as written; a {file:} or {env:} one as its count (a SaaS list holds 100,000)."""
+    sources = {source.index: source for source in rule.origin_sources}
+    return [f"{s.kind} {s.name} ({len(s.entries)} origins)" if (s := sources.get(i)) else _show_origin(entry)
+            for i, entry in enumerate(rule.allow_origins)]
 
 
 def _show_origin(entry: object) -> str:

@@ -167,13 +167,36 @@ class FileWatch:
         self.stamp, self.digest = self._stamp(), self._digest()
 
 
+class FilesWatch:
+    """The config file and the origin files it reads (``{file:}``): a change of any of them reloads.
+
+    Each is stat-ed through its symlinks, so a Kubernetes ConfigMap update (which swaps the ``..data``
+    symlink the mounted names point through) is a change of every file in it.
+    """
+
+    def __init__(self, paths: list[str], kept: FilesWatch | None = None) -> None:
+        old = kept.watches if kept is not None else {}
+        self.watches = {path: old.get(path) or FileWatch(path) for path in dict.fromkeys(paths)}
+
+    def changed(self) -> bool:
+        return any([watch.changed() for watch in self.watches.values()])  # a list: every stamp is brought up to date
+
+    def seen(self) -> None:
+        for watch in self.watches.values():
+            watch.seen()
+
+
+def _watched(config: Config, extra: tuple[str, ...] = ()) -> list[str]:
+    return [config.source, *config.origin_files, *extra]
+
+
 class Reloader:
     """Loads the file again; applies it if valid, else logs every error and keeps what runs."""
 
     def __init__(self, load: Loader, state: ConfigState, apply: Callable[[Config], None],
                  current: Callable[[], Config]) -> None:
         self.load, self.state, self.apply, self.current = load, state, apply, current
-        self.watch = FileWatch(current().source)
+        self.watch = FilesWatch(_watched(current()))
 
     def __call__(self, why: str) -> bool:
         if why == "SIGHUP":
@@ -182,11 +205,13 @@ class Reloader:
         try:
             new = self.load()
         except ConfigError as exc:
+            self.watch = FilesWatch(_watched(old, exc.files), self.watch)  # so fixing a new origin file reloads
             self.state.failed()
             log.error("reload (%s) failed, keeping the running config (sha256 %s); %d error(s):\n%s",
                       why, old.sha256[:12], len(exc.issues), exc)
             return False
         self.apply(new)
+        self.watch = FilesWatch(_watched(new), self.watch)
         self.state.loaded(new.sha256)
         log.info("config reloaded (%s): sha256 %s, %d rule(s)", why, new.sha256[:12], len(new.rules))
         changed = [name for name in RESTART_ONLY if _get(old, name) != _get(new, name)]
