@@ -142,14 +142,17 @@ class OriginSet:
 
     def _wildcard_allows(self, origin: Origin) -> bool:
         host, index = origin.host, self.by_host
-        if any(w.matches(origin) for w in index.get(host, ())):
-            return True
+        candidates = index.get(host)
         dot = host.find(".")
-        while dot != -1:  # ".b.example.com", then ".example.com", then ".com"
-            if any(w.matches(origin) for w in index.get(host[dot:], ())):
-                return True
+        while True:
+            if candidates is not None:
+                for w in candidates:
+                    if w.matches(origin):
+                        return True
+            if dot == -1:
+                return False
+            candidates = index.get(host[dot:])  # ".b.example.com", then ".example.com", then ".com"
             dot = host.find(".", dot + 1)
-        return False
 
 
 def compile_origins(entries: list[str | dict[str, str]]) -> OriginSet:

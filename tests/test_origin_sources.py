@@ -185,3 +185,25 @@ def test_check_prints_a_count_of_the_file_not_every_entry(tmp_path: Path, capsys
     out = capsys.readouterr().out
     assert "origins https://app.example.com, file origins.txt (5000 origins); methods GET, HEAD, POST" in out
     assert len(out.splitlines()) == 2
+
+
+def test_the_wildcard_index_admits_exactly_what_trying_each_wildcard_would() -> None:
+    from corsproxy.origins import compile_origins
+
+    entries = ["https://*.example.com:8443", "https://*.example.com", "http://localhost:*", "https://*.a.b.example.org",
+               *(f"https://*.t{i}.saas.net" for i in range(1000))]
+    origins = compile_origins(entries)
+    probes = {"https://x.example.com": True, "https://x.example.com:8443": True, "https://x.example.com:9": False,
+              "https://example.com": False, "https://evil-example.com": False, "http://localhost:3000": True,
+              "http://localhost": True, "https://localhost": False, "https://c.a.b.example.org": True,
+              "https://a.b.example.org": False, "https://z.t999.saas.net": True, "https://t999.saas.net": False,
+              "https://x.example.com.evil.com": False, "http://x.example.com": False}
+    assert {origin: origins.allows(origin) for origin in probes} == probes
+    assert {origin: any(w.matches(parse) for w in origins.wildcards) if (parse := _parse(origin)) else False
+            for origin in probes} == probes
+
+
+def _parse(origin: str):
+    from corsproxy.origins import parse_origin
+
+    return parse_origin(origin)
