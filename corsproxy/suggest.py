@@ -261,12 +261,13 @@ def _alternative(change: Change) -> Note | None:
         assert origin is not None
         domain = registrable_domain(origin.host)
         if domain is None:
-            parent = origin.host.split(".", 1)[-1]
-            if "." in origin.host and is_public_suffix(parent):
-                public.setdefault(parent, []).append(value)
             continue
         if origin.host != domain:
             groups.setdefault((origin.scheme, origin.port, domain), []).append(origin.host)
+            continue
+        parent = domain.split(".", 1)[1]
+        if "." in parent:  # ann.github.io, bob.github.io: each its own site under a public suffix
+            public.setdefault(parent, []).append(value)
     for (scheme, port, domain), hosts in groups.items():
         hosts = sorted(set(hosts))
         if len(hosts) < MIN_SUBDOMAINS:
@@ -376,11 +377,9 @@ def _append(text: str, seq: yaml.SequenceNode, values: tuple[str, ...]) -> tuple
         while p >= 0 and text[p] in " \t\r\n":
             p -= 1
         items = ", ".join(_scalar(v) for v in values)
-        if text[p] == "[":
-            return p + 1, p + 1, items
-        if text[p] == ",":
-            return p + 1, p + 1, f" {items},"
-        return p + 1, p + 1, f", {items}"
+        new = items if text[p] == "[" else f" {items}," if text[p] == "," else f", {items}"
+        # one edit from the insertion point to past the bracket, taking spaces before a trailing comment
+        return p + 1, close + 1 + _room(text, close + 1, len(new)), new + text[p + 1:close + 1]
     last = seq.value[-1]
     at = _line_end(text, _deep_end(text, last))
     line_start = text.rfind("\n", 0, last.start_mark.index) + 1
@@ -388,6 +387,13 @@ def _append(text: str, seq: yaml.SequenceNode, values: tuple[str, ...]) -> tuple
     if not re.fullmatch(r"\s*-\s+", prefix):
         prefix = " " * max(last.start_mark.column - 2, 0) + "- "
     return at, at, "".join(f"\n{prefix}{_scalar(v)}" for v in values)
+
+
+def _room(text: str, at: int, wanted: int) -> int:
+    """How many of the spaces between ``at`` and a trailing comment an insertion may take, so the
+    comment keeps its column (two spaces stay)."""
+    m = re.compile(r"[ \t]*(?=#)").match(text, at)
+    return 0 if m is None else max(0, min(wanted, len(m[0]) - 2))
 
 
 def _add_key(text: str, rule: yaml.MappingNode, name: str, values: list[Any]) -> tuple[int, int, str]:
@@ -488,8 +494,12 @@ def _rule_at(spans: list[tuple[int, int]], line: int) -> int | None:
 
 def _hunk_label(config: Config, changes: list[Change], index: int) -> str:
     name = config.rules[index].name if index < len(config.rules) else f"rules[{index}]"
-    parts = [f"{len(c.values)} {c.field.removeprefix('allow_')}" for c in changes if c.rule.index == index]
+    parts = [_count(len(c.values), c.field.removeprefix("allow_")) for c in changes if c.rule.index == index]
     return f"rules[{index}] ({name}): add " + ", ".join(parts) if parts else f"rules[{index}] ({name})"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n != 1 else f"1 {what.removesuffix('s')}"
 
 
 def changes_text(changes: list[Change]) -> list[str]:
