@@ -185,10 +185,16 @@ def _suggest(args: argparse.Namespace) -> int:
 
     path = args.config or default_config_path()
     config = load(path)
-    seen = list(_seen(args))
+    try:
+        seen = list(_seen(args))
+    except (OSError, ValueError) as exc:  # an unreachable admin URL, a missing log file, a non-JSON answer
+        print(f"corsproxy suggest: cannot read what the proxy saw: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     result = suggest.plan(config, seen, max(args.min_count, 1))
     text = Path(path).read_text(encoding="utf-8")
-    new = suggest.edit(text, config.source, result.changes) if result.changes else text
+    new, shared = suggest.edit(text, config.source, result.changes) if result.changes else (text, [])
+    result.changes = [change for change in result.changes if change not in shared]
+    result.notes += [suggest.shared_note(change) for change in shared]
     diff = suggest.unified_diff(text, new, _patch_path(path), config, result.changes)
     print(f"suggest: {sum(s.count for s in seen)} decision(s) read; {len(result.changes)} change(s)"
           + (", written to " + path if args.write and diff else ""), file=sys.stderr)

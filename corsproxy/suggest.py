@@ -323,15 +323,30 @@ def suggestion_for(config: Config, seen: Seen) -> str:
 # ---------------------------------------------------------------------- text edits at node marks
 
 
-def edit(text: str, source: str, changes: list[Change], env: Mapping[str, str] | None = None) -> str:
-    """``text`` with every change made at its YAML node, comments and layout kept; checked by loading it."""
+def edit(text: str, source: str, changes: list[Change],
+         env: Mapping[str, str] | None = None) -> tuple[str, list[Change]]:
+    """``text`` with the changes made at their YAML nodes, comments and layout kept, checked by loading it;
+    and the changes left out because their list is a YAML anchor other rules use too (editing it would
+    change those rules as well)."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     rules = _mapping_value(root, "rules")
     assert isinstance(rules, yaml.SequenceNode)
+    users: dict[int, int] = {}
+    for node in rules.value:
+        for key, value in node.value if isinstance(node, yaml.MappingNode) else ():
+            if isinstance(value, yaml.CollectionNode):
+                users[id(value)] = users.get(id(value), 0) + 1
     edits: list[tuple[int, int, int, str]] = []
+    shared: list[Change] = []
     for order, change in enumerate(changes):
         node = rules.value[change.rule.index]
         assert isinstance(node, yaml.MappingNode)
+        value = _mapping_value(node, change.field)
+        key = next((k for k, v in node.value if v is value), None)
+        if value is not None and key is not None and users.get(id(value), 0) > 1 \
+                and value.start_mark.index > key.start_mark.index:
+            shared.append(change)
+            continue
         start, end, new = _edit(text, node, change)
         edits.append((start, order, end, new))
     out = text
@@ -339,7 +354,7 @@ def edit(text: str, source: str, changes: list[Change], env: Mapping[str, str] |
     for start, _, end, new in sorted(edits, reverse=True):
         out = out[:start] + new + out[end:]
     parse(out, source, env)  # raises ConfigError if an edit broke the config: never hand out such a diff
-    return out
+    return out, shared
 
 
 def _mapping_value(node: yaml.Node | None, key: str) -> yaml.Node | None:
@@ -500,6 +515,11 @@ def _hunk_label(config: Config, changes: list[Change], index: int) -> str:
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" if n != 1 else f"1 {what.removesuffix('s')}"
+
+
+def shared_note(change: Change) -> Note:
+    return Note(f"{_label(change.rule)}.{change.field} is a YAML anchor (&name) that other rules use too; "
+                f"add {', '.join(change.values)} by hand where it belongs", sum(change.counts), "not-suggested")
 
 
 def changes_text(changes: list[Change]) -> list[str]:

@@ -348,3 +348,78 @@ async def test_decisions_show_each_entry_s_change_and_suggest_admin_reads_them(a
         "+    expose_headers: [X-Total]",
         "-    allow_methods: [GET, POST]",
     ])
+
+
+@pytest.mark.parametrize("source", [["--log", "missing.log"], ["--admin", "http://127.0.0.1:1"]], ids=["log", "admin"])
+def test_an_unreadable_source_is_exit_2_with_the_reason(seen, capsys, source) -> None:
+    assert main(["suggest", "-c", str(seen.config), *source]) == 2
+    assert capsys.readouterr().err.startswith("corsproxy suggest: cannot read what the proxy saw: ")
+
+
+def test_log_lines_that_are_not_access_records_are_skipped(seen, capsys, monkeypatch) -> None:
+    lines = ["not json", '{"logger": "corsproxy", "message": "config reloaded"}', "{broken",
+             json.dumps({"logger": "corsproxy.access", "method": "GET", "path": "/x", "rule": "app",
+                         "verdict": "denied:origin (report-only)", "origin": "https://c.example.com",
+                         "reason": "origin https://c.example.com not in allow_origins (rule 'app')"})]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert main(["suggest", "-c", str(seen.config), "--log", "-"]) == 0
+    out = capsys.readouterr()
+    assert changed(out.out) == ["+      - https://c.example.com"]
+    assert "suggest: 1 decision(s) read; 1 change(s)" in out.err
+
+
+# ---------------------------------------------------------------------- text edits on unusual layouts
+
+UP = "upstream: {url: 'http://127.0.0.1:9'}\n"
+EDITS = [
+    pytest.param("rules:\n  - {name: a, allow_origins: [https://a.example.com]}\n", "allow_methods", ("PUT",),
+                 "rules:\n  - {name: a, allow_origins: [https://a.example.com], allow_methods: [GET, HEAD, POST, "
+                 "PUT]}\n", id="flow-rule-gets-a-key"),
+    pytest.param("defaults:\n  allow_headers: [Content-Type]\nrules:\n  - name: a\n    allow_origins: ['*']\n",
+                 "allow_headers", ("X-Token",),
+                 "defaults:\n  allow_headers: [Content-Type]\nrules:\n  - name: a\n    allow_origins: ['*']\n"
+                 "    allow_headers: [Content-Type, X-Token]\n", id="inherited-field-written-into-the-rule"),
+    pytest.param("rules:\n  - name: b\n    allow_origins: &o [https://a.example.com]\n"
+                 "  - name: a\n    allow_origins: *o   # the same\n", "allow_origins", ("https://b.example.com",),
+                 "rules:\n  - name: b\n    allow_origins: &o [https://a.example.com]\n"
+                 "  - name: a\n    allow_origins: [https://a.example.com, https://b.example.com]   # the same\n",
+                 id="alias-gets-its-own-list"),
+    pytest.param("rules:\n  - name: a\n    allow_origins: [\n      https://a.example.com,\n    ]\n",
+                 "allow_origins", ("https://b.example.com",),
+                 "rules:\n  - name: a\n    allow_origins: [\n      https://a.example.com, https://b.example.com,\n"
+                 "    ]\n", id="multi-line-flow-with-trailing-comma"),
+    pytest.param("rules:\n  - name: a\n    allow_origins: ['*']\n    allow_headers: []\n", "allow_headers",
+                 ("X-A",), "rules:\n  - name: a\n    allow_origins: ['*']\n    allow_headers: [X-A]\n",
+                 id="empty-flow-list"),
+    pytest.param("rules:\n- name: a\n  allow_origins:\n  - regex: '^https://x\\.example\\.com$'\n  # the end",
+                 "allow_origins", ("https://b.example.com",),
+                 "rules:\n- name: a\n  allow_origins:\n  - regex: '^https://x\\.example\\.com$'\n"
+                 "  - https://b.example.com\n  # the end", id="unindented-list-no-final-newline"),
+    pytest.param("rules:\n  - name: a\n    allow_origins: [https://a.example.com]\n    allow_methods: [GET]\n",
+                 "allow_methods", ("M-SEARCH", "null"),
+                 "rules:\n  - name: a\n    allow_origins: [https://a.example.com]\n    allow_methods: [GET, M-SEARCH, "
+                 "'null']\n", id="a-yaml-word-is-quoted"),
+]
+
+
+@pytest.mark.parametrize("rules, field, values, expected", EDITS)
+def test_text_edits_land_at_the_node_and_the_result_loads(rules: str, field: str, values: tuple, expected: str) -> None:
+    from corsproxy.suggest import Change, edit
+
+    config = cfg.parse(UP + rules, "c.yaml", env={})
+    rule = next(r for r in config.rules if r.name == "a")
+    out, shared = edit(UP + rules, "c.yaml", [Change(rule, field, values, (1,) * len(values))], env={})
+    assert (out, shared) == (UP + expected, [])
+    after = next(r for r in cfg.parse(out, "c.yaml", env={}).rules if r.name == "a")
+    have = after.origins.exact if field == "allow_origins" else set(getattr(after, field))
+    assert set(values) <= have
+
+
+def test_an_anchored_list_other_rules_alias_is_left_alone_with_a_note() -> None:
+    from corsproxy.suggest import Change, edit
+
+    text = UP + ("rules:\n  - name: a\n    allow_origins: &o [https://a.example.com]\n"
+                 "  - name: b\n    allow_origins: *o\n")
+    rule = cfg.parse(text, "c.yaml", env={}).rules[0]
+    change = Change(rule, "allow_origins", ("https://b.example.com",), (1,))
+    assert edit(text, "c.yaml", [change], env={}) == (text, [change])
