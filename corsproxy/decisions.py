@@ -80,7 +80,9 @@ class DecisionLog:
     def merged(cls, parts: list[dict[str, Any]], size: int = DEFAULT_SIZE) -> DecisionLog:
         """One log from several :meth:`to_json` results (the supervisor's /decisions with --workers)."""
         log = cls(size)
-        log._entries.extend(sorted((Entry(**e) for p in parts for e in p["entries"]), key=lambda e: e.time))
+        # a worker's entries carry the admin's "suggestion" too: it is made again for the merged page
+        entries = (Entry(**{k: e[k] for k in Entry.__dataclass_fields__}) for p in parts for e in p["entries"])
+        log._entries.extend(sorted(entries, key=lambda e: e.time))
         for part in parts:
             for count in part["counts"]:
                 log._counts[count["reason"]] += count["count"]

@@ -201,10 +201,18 @@ class Reloader:
     def __call__(self, why: str) -> bool:
         if why == "SIGHUP":
             self.watch.seen()
-        old = self.current()
+        return self.settle(why, self.current(), self._load())
+
+    def _load(self) -> Config | ConfigError:
         try:
-            new = self.load()
+            return self.load()
         except ConfigError as exc:
+            return exc
+
+    def settle(self, why: str, old: Config, new: Config | ConfigError) -> bool:
+        """Apply a loaded config, or log why it could not be and keep ``old``."""
+        if isinstance(new, ConfigError):
+            exc = new
             self.watch = FilesWatch(_watched(old, exc.files), self.watch)  # so fixing a new origin file reloads
             self.state.failed()
             log.error("reload (%s) failed, keeping the running config (sha256 %s); %d error(s):\n%s",
@@ -222,6 +230,13 @@ class Reloader:
     def poll(self) -> None:
         if self.watch.changed():
             self("file changed")
+
+    async def poll_in_thread(self) -> None:
+        """:meth:`poll`, with the files read and checked in a thread: 100,000 origins take about 0.4 s to
+        load, and the event loop keeps answering requests meanwhile (it gets the GIL every few ms)."""
+        if self.watch.changed():
+            old = self.current()
+            self.settle("file changed", old, await asyncio.to_thread(self._load))
 
 
 def _get(config: Config, dotted: str) -> Any:
@@ -320,7 +335,7 @@ class Server:
             await asyncio.sleep(POLL_INTERVAL)
             self.metrics.publish()  # a worker's counts reach the supervisor's /metrics through its files
             if self.worker_dir is None:
-                self.reloader.poll()  # a worker's supervisor watches the file for it
+                await self.reloader.poll_in_thread()  # a worker's supervisor watches the file for it
             elif os.getppid() != parent:
                 log.error("worker pid %d: the supervisor is gone; stopping", os.getpid())
                 self.stop.set()
@@ -409,7 +424,7 @@ class Supervisor:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
-            self.reloader.poll()
+            await self.reloader.poll_in_thread()
 
     async def _keep(self, index: int) -> None:
         """Run worker ``index``; start it again whenever it dies, until we stop."""

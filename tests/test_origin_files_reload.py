@@ -3,6 +3,7 @@ origins file in a Kubernetes-style ConfigMap folder whose ``..data`` symlink is 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -81,3 +82,36 @@ async def test_an_origins_file_added_by_a_failed_reload_is_watched_so_creating_i
         await proc.wait_line(lambda line: "config reloaded (file changed)" in line, timeout=5, start=mark)
         async with session.get(setup.url + "/x", headers={"Origin": NEW}) as resp:
             assert resp.headers.get("Access-Control-Allow-Origin") == NEW
+
+
+async def test_a_reload_of_100000_origins_under_load_loses_no_request(spawn, tmp_path, upstream):  # noqa: F811
+    customers = [f"https://shop{i}.customer{i % 977}.com" for i in range(100_000)]
+    origins = tmp_path / "origins.txt"
+    origins.write_text("\n".join(customers) + "\n")
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("saas", origins="[{file: origins.txt}]"))
+    proc = spawn("-c", str(setup.path))
+    results: list[tuple[int, str | None, str]] = []
+    stop = False
+
+    async def client(session: aiohttp.ClientSession, n: int) -> None:
+        i = 0
+        while not stop:
+            origin = customers[(n * 7919 + i * 104729) % len(customers)]
+            async with session.get(setup.url + "/x", headers={"Origin": origin},
+                                   timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                await resp.read()
+                results.append((resp.status, resp.headers.get("Access-Control-Allow-Origin"), origin))
+            i += 1
+
+    async with aiohttp.ClientSession() as session:
+        await until_up(session, setup, timeout=30)
+        clients = [asyncio.ensure_future(client(session, n)) for n in range(4)]
+        for generation in range(3):
+            mark = len(proc.lines)
+            origins.write_text("\n".join(customers) + f"\nhttps://gen{generation}.example.com\n")
+            await proc.wait_line(lambda line: "config reloaded (file changed)" in line, timeout=15, start=mark)
+        stop = True
+        await asyncio.gather(*clients)
+    assert len(results) > 50
+    assert [r for r in results if r[:2] != (200, r[2])] == []
