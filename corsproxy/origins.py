@@ -139,7 +139,6 @@ class OriginSet:
         # SECURITY: fullmatch anchors the pattern at both ends whatever the author wrote.
         return any(r.fullmatch(value) for r in self.regexes)
 
-
     def _wildcard_allows(self, origin: Origin) -> bool:
         host, index = origin.host, self.by_host
         candidates = index.get(host)
