@@ -10,6 +10,7 @@ reads) are not the application's data and are never suggested.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from .config import ANY
 from .policy import Decision
@@ -32,13 +33,18 @@ def unexposed(decision: Decision, names: Iterable[str]) -> tuple[str, ...]:
     rule = decision.rule.rule if decision.rule is not None else None
     if rule is None or decision.kind != "actual" or decision.origin is None or rule.expose_headers == ANY:
         return ()
-    exposed = {name.lower() for name in rule.expose_headers}
+    readable = _readable(rule.expose_headers)
     out: dict[str, str] = {}
     for name in names:
         low = name.lower()
-        if low in SAFELISTED or low in NOT_APPLICATION or low in exposed or low.startswith("access-control-"):
+        if low in readable or low.startswith("access-control-"):
             continue
         out.setdefault(low, name)
         if len(out) == MAX_NAMES:
             break
     return tuple(out.values())
+
+
+@lru_cache(maxsize=256)  # one entry a rule's expose_headers: computed once, not per request
+def _readable(expose_headers: tuple[str, ...]) -> frozenset[str]:
+    return SAFELISTED | NOT_APPLICATION | {name.lower() for name in expose_headers}

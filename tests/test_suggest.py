@@ -423,3 +423,20 @@ def test_an_anchored_list_other_rules_alias_is_left_alone_with_a_note() -> None:
     rule = cfg.parse(text, "c.yaml", env={}).rules[0]
     change = Change(rule, "allow_origins", ("https://b.example.com",), (1,))
     assert edit(text, "c.yaml", [change], env={}) == (text, [change])
+
+
+@pytest.mark.parametrize("expose, origin, expected", [
+    ("[X-Request-Id]", "https://a.example.com", ("X-Total", "ETag")),
+    ('"*"', "https://a.example.com", ()),
+    ("[X-Request-Id]", "https://a.example.com/", ()),  # an invalid Origin reads nothing, whatever is exposed
+], ids=["listed-and-generic-skipped", "star-exposes-all", "invalid-origin"])
+def test_unexposed_names_are_the_application_headers_a_page_could_not_read(expose, origin, expected) -> None:
+    from corsproxy.policy import CorsRequest, Policy, decide
+    from corsproxy.readable import unexposed
+
+    config = cfg.parse(UP + f"rules:\n  - {{allow_origins: ['https://a.example.com'], expose_headers: {expose}}}\n",
+                       "c.yaml", env={})
+    decision = decide(Policy.from_config(config), CorsRequest.from_headers("GET", "/x", {"Origin": origin}))
+    names = ["Content-Type", "Date", "Server", "Set-Cookie", "Access-Control-Allow-Origin", "x-request-id",
+             "X-Total", "ETag", "x-total", "Strict-Transport-Security"]
+    assert unexposed(decision, names) == expected
