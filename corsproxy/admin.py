@@ -101,12 +101,29 @@ def _hide_password(url: str) -> str:
 
 
 async def decisions(request: web.Request) -> web.Response:
-    source = await request.app[ADMIN_KEY].decisions()
+    state = request.app[ADMIN_KEY]
+    source = await state.decisions()
+    running = state.config()
+    suggest = _suggester(running) if running is not None else None
     if "application/json" in request.headers.get("Accept", ""):
-        return web.json_response(source.to_json())
+        data = source.to_json()
+        for entry in data.get("entries", []) if suggest is not None else ():
+            entry["suggestion"] = suggest(entry)
+        return web.json_response(data)
     render = getattr(source, "render_html", None)
-    html = render() if render is not None else plain_html(source.to_json())
+    html = render(suggest) if render is not None else plain_html(source.to_json())
     return web.Response(text=html, content_type="text/html")
+
+
+def _suggester(config: Config) -> Callable[[dict[str, Any]], str]:
+    """Each /decisions entry's change as ``corsproxy suggest`` would make it (design §5)."""
+    from . import suggest  # the public suffix list is loaded on first use, not at startup
+
+    def one(entry: dict[str, Any]) -> str:
+        [seen] = suggest.from_decisions({"entries": [entry]})
+        return suggest.suggestion_for(config, seen)
+
+    return one
 
 
 def plain_html(data: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The command line: serve, check, explain, demo. The only module that prints."""
+"""The command line: serve, check, explain, suggest, demo. The only module that prints."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from multidict import CIMultiDict
 
 from . import __version__
-from .config import Config, ConfigError, default_config_path, describe, load, with_overrides
+from .config import Config, ConfigError, Rule, default_config_path, describe, load, with_overrides
 from .lint import lint
 from .paths import BadPath, decode_path
 from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
@@ -70,6 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--preflight", action="store_true",
                          help="explain the OPTIONS preflight the browser sends first")
     explain.set_defaults(func=_explain)
+
+    suggest = sub.add_parser("suggest", help="turn what the proxy denied into a diff of the rules",
+                             description="Read JSON access-log lines (--log FILE ..., or stdin) or a running proxy's "
+                             "/decisions (--admin URL) and print a unified diff of the config that would allow the "
+                             "denials seen, grouped by rule (git apply / patch -p1 take it). Denials no rule change "
+                             "fixes are listed on stderr with their reason. Never suggests \"*\", null, or a "
+                             "wildcard; a wildcard over one domain is offered on stderr as an alternative.")
+    _config_arg(suggest)
+    given = suggest.add_mutually_exclusive_group()
+    given.add_argument("--log", nargs="+", metavar="FILE", help="JSON access-log files ('-' for stdin)")
+    given.add_argument("--admin", metavar="URL", help="the admin listener, e.g. http://127.0.0.1:9901")
+    suggest.add_argument("--min-count", type=int, default=1, metavar="N",
+                         help="ignore what was denied fewer than N times (default 1)")
+    suggest.add_argument("--write", action="store_true", help="change the config file in place (comments kept)")
+    suggest.set_defaults(func=_suggest)
 
     demo = sub.add_parser("demo", help="see CORS blocked and then allowed in your browser",
                           description="Start a sample API that sends no CORS headers, corsproxy in front of it "
@@ -145,7 +161,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{config.source}: OK, upstream {config.upstream.url}, {len(config.rules)} rule(s)")
         for rule in config.rules:
             print(f"  {rule.name}: paths {', '.join(rule.paths.patterns)}; origins "
-                  f"{', '.join(map(_show_origin, rule.allow_origins))}; methods {', '.join(rule.allow_methods)}"
+                  f"{', '.join(_show_origins(rule))}; methods {', '.join(rule.allow_methods)}"
                   f"{'; credentials' if rule.allow_credentials else ''}"
                   f"{'; ' + rule.mode if rule.mode != 'enforce' else ''}")
     for warning in warnings:
@@ -153,8 +169,81 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_CONFIG if args.strict and warnings else EXIT_OK
 
 
+def _show_origins(rule: Rule) -> list[str]:
+    """Each entry as written; a {file:} or {env:} one as its count (a SaaS list holds 100,000)."""
+    sources = {source.index: source for source in rule.origin_sources}
+    return [f"{s.kind} {s.name} ({len(s.entries)} origins)" if (s := sources.get(i)) else _show_origin(entry)
+            for i, entry in enumerate(rule.allow_origins)]
+
+
 def _show_origin(entry: object) -> str:
     return f"regex {entry['regex']}" if isinstance(entry, dict) else str(entry)
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    from . import suggest
+
+    path = args.config or default_config_path()
+    config = load(path)
+    try:
+        seen = list(_seen(args))
+    except (OSError, ValueError) as exc:  # an unreachable admin URL, a missing log file, a non-JSON answer
+        print(f"corsproxy suggest: cannot read what the proxy saw: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    result = suggest.plan(config, seen, max(args.min_count, 1))
+    text = Path(path).read_text(encoding="utf-8")
+    new, shared = suggest.edit(text, config.source, result.changes) if result.changes else (text, [])
+    result.changes = [change for change in result.changes if change not in shared]
+    result.notes += [suggest.shared_note(change) for change in shared]
+    diff = suggest.unified_diff(text, new, _patch_path(path), config, result.changes)
+    print(f"suggest: {sum(s.count for s in seen)} decision(s) read; {len(result.changes)} change(s)"
+          + (", written to " + path if args.write and diff else ""), file=sys.stderr)
+    for line in suggest.changes_text(result.changes):
+        print(f"  {line}", file=sys.stderr)
+    for note in result.notes:
+        print(f"  {note.kind}: {note.text}" + (f" [{note.count}x]" if note.count else ""), file=sys.stderr)
+    sys.stdout.write(diff)
+    if args.write and diff:
+        _replace(path, new)
+    return EXIT_OK
+
+
+def _seen(args: argparse.Namespace) -> Iterator[object]:
+    from . import suggest
+
+    if args.admin:
+        import urllib.request
+
+        url = args.admin.rstrip("/")
+        url = url if url.endswith("/decisions") else url + "/decisions"
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:  # the user's own admin listener
+            yield from suggest.from_decisions(json.load(resp))
+        return
+    for name in args.log or ["-"]:
+        if name == "-":
+            yield from suggest.from_log_lines(sys.stdin)
+        else:
+            with open(name, encoding="utf-8", errors="replace") as lines:
+                yield from suggest.from_log_lines(lines)
+
+
+def _patch_path(path: str) -> str:
+    """The config's path as ``git apply`` reads it: from the top of its git work tree, else from here."""
+    full = Path(path).resolve()
+    for parent in full.parents:
+        if (parent / ".git").exists():
+            return full.relative_to(parent).as_posix()
+    return Path(os.path.relpath(full)).as_posix()
+
+
+def _replace(path: str, text: str) -> None:
+    """Write in one step (a watching proxy never reads half a file), through a symlink to its target."""
+    real = Path(os.path.realpath(path))
+    tmp = real.with_name(f".{real.name}.suggest.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, real.stat().st_mode & 0o7777)
+    os.replace(tmp, real)
 
 
 def _explain(args: argparse.Namespace) -> int:

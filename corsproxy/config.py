@@ -24,7 +24,9 @@ from typing import Any, Literal
 import yaml
 from yarl import URL
 
+from .config_sources import merge_sources, read_source
 from .headers import TOKEN_RE
+from .origin_sources import OriginSource, is_source
 from .origins import IndexedError, OriginSet, compile_origins
 from .paths import PathSet, compile_paths
 
@@ -51,6 +53,8 @@ _SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 class ConfigError(Exception):
     """A config that cannot be used; ``issues`` holds one ``FILE:LINE:COL: field: message`` each."""
+
+    files: tuple[str, ...] = ()  # the origin files the failed load read: a reload watches them too
 
     def __init__(self, issues: list[str]) -> None:
         super().__init__("\n".join(issues))
@@ -130,6 +134,7 @@ class Rule:
     mode: Mode = "enforce"
     upstream_cors: UpstreamCors = "replace"
     denied_preflight: DeniedPreflight = "reject"
+    origin_sources: tuple[OriginSource, ...] = ()  # its {file:} and {env:} entries, read
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,7 @@ class Config:
     sha256: str = ""
     # "rules[1].allow_origins[0]" -> (line, column), 1-based; for lint warnings.
     marks: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    origin_files: tuple[str, ...] = ()  # the {file:} origin lists it read, watched for changes like the config
 
 
 # --------------------------------------------------------------------- loading
@@ -176,9 +182,14 @@ def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
     data = reader.value(node, "") if node is not None else {}
     config = reader.build(data)
     if reader.issues:
-        raise ConfigError([text for _, text in sorted(reader.issues, key=lambda issue: issue[0])])
+        error = ConfigError([text for _, text in sorted(reader.issues, key=lambda issue: issue[0])])
+        error.files = tuple(reader.files)
+        raise error
     assert config is not None
-    return dataclasses.replace(config, sha256=hashlib.sha256(text.encode()).hexdigest())
+    digest = hashlib.sha256(text.encode())
+    for data_read in reader.files.values():  # an edit of an origin file is a new config too
+        digest.update(b"\0" + data_read)
+    return dataclasses.replace(config, sha256=digest.hexdigest(), origin_files=tuple(reader.files))
 
 
 def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
@@ -445,6 +456,8 @@ class _Reader:
         self._open: set[int] = set()  # ids of the lists and mappings being read, to stop alias loops
         self._constructor = yaml.constructor.SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
+        self.files: dict[str, bytes] = {}  # origin file -> its content, in the order first read
+        self.sources: dict[str, tuple[OriginSource, ...]] = {}  # "rules[1].allow_origins" -> its sources
 
     # -- positions and messages
 
@@ -693,8 +706,9 @@ class _Reader:
         if _BAD in out.values() or paths is None or origin_set is None:
             return None
         fields = {k: v for k, v in out.items() if k not in ("name", "paths", "allow_origins")}
+        sources = self.sources.get(f"{path}.allow_origins", self.sources.get("defaults.allow_origins", ()))
         return Rule(name=out["name"] or path, index=index, paths=paths, origins=origin_set,
-                    allow_origins=origins_raw, **fields)
+                    allow_origins=origins_raw, origin_sources=sources, **fields)
 
     def paths(self, value: Any, path: str) -> PathSet | None:
         if value is None:
@@ -721,7 +735,13 @@ class _Reader:
             self.error(path, _EMPTY_HINTS["allow_origins"])
             return _BAD
         ok = True
+        sources: list[OriginSource] = []
         for i, item in enumerate(value):
+            if is_source(item):
+                source = read_source(self, item, f"{path}[{i}]", i)
+                ok = ok and source is not None
+                sources.extend([source] if source is not None else [])
+                continue
             try:
                 if not isinstance(item, str | dict):
                     hint = " (an unquoted null is YAML's empty value: write 'null' in quotes)" if item is None else ""
@@ -730,7 +750,13 @@ class _Reader:
             except ValueError as exc:
                 self.error(f"{path}[{i}]", str(exc))
                 ok = False
-        return (tuple(value), compile_origins(value)) if ok else _BAD
+        if not ok:
+            return _BAD
+        if not sources:
+            return tuple(value), compile_origins(value)
+        self.sources[path] = tuple(sources)
+        inline = compile_origins([item for item in value if not is_source(item)])
+        return tuple(value), merge_sources(inline, sources)
 
 
 def describe(config: Config) -> dict[str, Any]:
@@ -738,7 +764,7 @@ def describe(config: Config) -> dict[str, Any]:
 
     def plain(obj: Any) -> Any:
         if isinstance(obj, Rule):
-            skip = {"paths", "origins", "index"}
+            skip = {"paths", "origins", "index", "origin_sources"}
             out = {"name": obj.name, "paths": list(obj.paths.patterns)}
             out.update({f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip
                         and f.name != "name"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from html import escape
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from .policy import Decision
 
 DEFAULT_SIZE = 200
+MAX_UNEXPOSED = 100  # (rule, header) pairs counted, whatever the upstream sends
 _NOT_LISTED = ("allowed", "none")
 COLUMNS = ("time", "origin", "method", "path", "rule", "verdict", "reason", "mode")
 
@@ -46,11 +48,18 @@ class DecisionLog:
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self._entries: deque[Entry] = deque(maxlen=size)
         self._counts: Counter[str] = Counter()
+        # Response headers a page could not read, by (rule, name): counted apart from the entries, so an
+        # API that sends X-Request-Id on every answer never pushes the denials out of the buffer.
+        self._unexposed: Counter[tuple[str, str]] = Counter()
 
     def observe(self, exchange: Observed) -> None:
         """A proxy observer (``build_app(observers=[log.observe])``)."""
         if exchange.decision.verdict not in _NOT_LISTED:
             self.record(exchange.decision, exchange.method, exchange.path)
+        for name in getattr(exchange, "unexposed", ()):
+            key = (exchange.decision.rule_name, name)
+            if key in self._unexposed or len(self._unexposed) < MAX_UNEXPOSED:
+                self._unexposed[key] += 1
 
     def record(self, decision: Decision, method: str, path: str, origin: str | None = None) -> None:
         if decision.verdict in _NOT_LISTED:
@@ -71,38 +80,56 @@ class DecisionLog:
     def merged(cls, parts: list[dict[str, Any]], size: int = DEFAULT_SIZE) -> DecisionLog:
         """One log from several :meth:`to_json` results (the supervisor's /decisions with --workers)."""
         log = cls(size)
-        log._entries.extend(sorted((Entry(**e) for p in parts for e in p["entries"]), key=lambda e: e.time))
+        # a worker's entries carry the admin's "suggestion" too: it is made again for the merged page
+        entries = (Entry(**{k: e[k] for k in Entry.__dataclass_fields__}) for p in parts for e in p["entries"])
+        log._entries.extend(sorted(entries, key=lambda e: e.time))
         for part in parts:
             for count in part["counts"]:
                 log._counts[count["reason"]] += count["count"]
+            for item in part.get("unexposed", []):
+                log._unexposed[(item["rule"], item["header"])] += item["count"]
         return log
 
     def to_json(self) -> dict[str, Any]:
         return {
             "entries": [asdict(e) for e in self.entries()],
             "counts": [{"reason": reason, "count": n} for reason, n in self.counts()],
+            "unexposed": [{"rule": rule, "header": name, "count": n}
+                          for (rule, name), n in self._unexposed.most_common()],
         }
 
-    def render_html(self) -> str:
+    def render_html(self, suggest: Suggester | None = None) -> str:
         """The ``/decisions`` page: self-contained, no script, every value escaped (origins are
         attacker-controlled), readable on a phone (rows turn into cards on narrow screens)."""
         entries = self.entries()
         counts = "".join(f"<tr><td>{escape(reason)}</td><td class=n>{n}</td></tr>" for reason, n in self.counts())
-        rows = "".join(_row(e) for e in entries)
+        counts += "".join(f"<tr><td>{escape(rule)}: response header {escape(name)} not readable by the page "
+                          f"(not in expose_headers)</td><td class=n>{n}</td></tr>"
+                          for (rule, name), n in self._unexposed.most_common())
+        rows = "".join(_row(e, suggest) for e in entries)
         empty = "<p>No CORS request has been denied since the proxy started.</p>" if not entries else ""
         return _PAGE.format(
             shown=len(entries), size=self._entries.maxlen,
             counts=f"<table class=counts><tr><th>reason</th><th>count</th></tr>{counts}</table>" if counts else "",
-            rows=f"<table class=log><thead><tr>{''.join(f'<th>{c}</th>' for c in COLUMNS)}</tr></thead>"
+            rows=f"<table class=log><thead><tr>{''.join(f'<th>{c}</th>' for c in _columns(suggest))}</tr></thead>"
                  f"<tbody>{rows}</tbody></table>" if rows else "",
             empty=empty,
         )
 
 
-def _row(entry: Entry) -> str:
+Suggester = Callable[[dict[str, Any]], str]  # an entry as to_json gives it -> suggest's change for it
+
+
+def _columns(suggest: Suggester | None) -> tuple[str, ...]:
+    return (*COLUMNS, "suggestion") if suggest is not None else COLUMNS
+
+
+def _row(entry: Entry, suggest: Suggester | None = None) -> str:
     values = asdict(entry)
+    if suggest is not None:
+        values["suggestion"] = suggest(dict(values))
     values["time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(entry.time)) + "Z"
-    cells = "".join(f'<td data-label="{c}" class="{c}">{escape(str(values[c]))}</td>' for c in COLUMNS)
+    cells = "".join(f'<td data-label="{c}" class="{c}">{escape(str(values[c]))}</td>' for c in _columns(suggest))
     return f'<tr class="{escape(entry.mode)}">{cells}</tr>'
 
 

@@ -8,6 +8,7 @@ it where the pattern has an unescaped ``.`` (one character becomes ``X``) or a `
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import re._parser as sre  # the stdlib's own regex parser (sre_parse warns on import since 3.11)
@@ -32,7 +33,23 @@ def lint(config: Config) -> list[str]:
     """Every warning for ``config``, in file order."""
     found = [(_line(config, path), path, why) for rule in config.rules for path, why in _rule_warnings(config, rule)]
     found.sort(key=lambda item: item[0])
-    return [f"{config.source}:{line}: warning: {path}: {why}" for line, path, why in found]
+    return [f"{config.source}:{line}: warning: {path}: {why}" for line, path, why in found] + _source_warnings(config)
+
+
+def _source_warnings(config: Config) -> list[str]:
+    """The origin checks on {file:} and {env:} entries, each naming the file and line (or the variable)."""
+    out = []
+    for rule in config.rules:
+        field = _field(config, rule, "allow_origins")
+        for source in rule.origin_sources:
+            as_listed = dataclasses.replace(rule, allow_origins=source.entries)
+            for where, why in _origins(config, as_listed):
+                i = int(where[where.rindex("[") + 1:-1])
+                line = _line(config, f"{field}[{source.index}]")
+                place = source.where(i) if source.kind == "file" else f"{config.source}:{line}"
+                detail = "" if source.kind == "file" else f" (${source.path} entry {source.lines[i]})"
+                out.append(f"{place}: warning: {field}[{source.index}]{detail}: {why}")
+    return out
 
 
 def _line(config: Config, path: str) -> int:
@@ -73,7 +90,7 @@ def _origins(config: Config, rule: Rule) -> Iterator[Warning_]:
         elif isinstance(entry, str) and "*." in entry and _public_suffix_wildcard(entry):
             yield where, (f"{entry!r} admits every site under a public suffix: anyone can register one and read "
                           "your API from it; name your own domain, e.g. 'https://*.example.com'")
-        elif not isinstance(entry, str):
+        elif isinstance(entry, dict) and "regex" in entry:
             why = regex_overreach(entry["regex"])
             if why:
                 yield where, why

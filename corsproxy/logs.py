@@ -99,6 +99,8 @@ class AccessLog:
             fields["reason"] = d.reason
         if ex.upstream_error:
             fields["upstream_error"] = ex.upstream_error
+        if getattr(ex, "unexposed", ()):  # for `corsproxy suggest`'s expose_headers
+            fields["unexposed"] = list(ex.unexposed)
         extra = f' reason="{d.reason}"' if denied else ""
         if ex.upstream_error:
             extra += f" upstream_error={ex.upstream_error}"

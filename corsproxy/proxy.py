@@ -13,6 +13,7 @@ fails) aborts the client connection. A client that goes away cancels the handler
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import logging
 import ssl
@@ -32,6 +33,7 @@ from .config import Config, IPNetwork
 from .headers import HOP_BY_HOP, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
 from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
+from .readable import unexposed
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("corsproxy")
@@ -121,6 +123,7 @@ class Exchange:
     duration: float = 0.0
     upstream_error: str | None = None  # refused, dns, timeout, reset, tls, protocol, aborted
     websocket: bool = False
+    unexposed: tuple[str, ...] = ()  # response header names the page could not read (for `corsproxy suggest`)
 
 
 Observer = Callable[[Exchange], None]
@@ -190,6 +193,10 @@ def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Respons
 
 def notify(app: web.Application, ex: Exchange) -> None:
     ex.duration = time.monotonic() - ex.started
+    relayed = _RELAYED.get()
+    if relayed is not None:  # set by relay_headers in this same task, for this request
+        _RELAYED.set(None)
+        ex.unexposed = unexposed(ex.decision, (name for name, _ in relayed))
     for observer in app[OBSERVERS_KEY]:
         observer(ex)
 
@@ -464,10 +471,17 @@ def broke_off(request: Incoming, ex: Exchange, exc: Exception) -> None:
         log.warning("%s %s: %s; closing its connection", request.method, request.raw_path, exc)
 
 
+# The upstream's header list of the response being relayed in this task; notify() takes it. A context
+# variable, because relay_headers serves two relay paths (here and fastpath.py) that do not pass the Exchange.
+_RELAYED: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar("relayed", default=None)
+
+
 def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,
                   raw: list[tuple[str, str]]) -> CIMultiDict[str]:
     """The upstream's response headers as the client gets them: hop-by-hop dropped, Location rewritten,
     the CORS part written by policy.finish, and the decision header when on."""
+    if decision.kind == "actual" and decision.origin is not None:
+        _RELAYED.set(raw)  # notify() turns it into Exchange.unexposed; relay paths stay as they are
     names = {name.lower() for name, _ in raw}
     drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
     headers = CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
