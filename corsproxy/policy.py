@@ -291,20 +291,32 @@ def _actual(compiled: CompiledRule, request: CorsRequest, origin: str | None) ->
     return Decision("actual", verdict, detail, compiled, origin, None, tuple(headers))
 
 
-def finish(decision: Decision, headers: MultiHeaders) -> None:
-    """Write the CORS part of a forwarded (or proxy-made) response's headers, in place."""
+UpstreamCorsOutcome = tuple[Literal["kept", "replaced"], str] | None
+
+
+def finish(decision: Decision, headers: MultiHeaders) -> UpstreamCorsOutcome:
+    """Write the CORS part of a forwarded (or proxy-made) response's headers, in place.
+
+    Returns what ``upstream_cors: keep`` did with the upstream's CORS headers, ``("kept" | "replaced", why)``,
+    for the log, ``CORS-Decision`` and ``explain``; None when ``keep`` had nothing to decide.
+    """
     if decision.rule is None or not decision.enforce or decision.status is not None:
-        return
+        return None
     if decision.kind == "no-origin":
         headers["Vary"] = merge_vary(headers.getall("Vary", []), ORIGIN_VARY)
-        return
+        return None
     allowed = bool(decision.headers) and decision.kind == "actual"
+    outcome: UpstreamCorsOutcome = None
     # SECURITY: only a truly allowed origin keeps the upstream's answer; an invalid or repeated Origin
     # that a "*" rule answers with a literal * must not get the upstream's reflection of it.
-    keep = allowed and decision.verdict == "allowed" and decision.rule.rule.upstream_cors == "keep" and ACAO in headers
+    if allowed and decision.verdict == "allowed" and decision.rule.rule.upstream_cors == "keep" and ACAO in headers:
+        why = _not_keepable(decision, headers)
+        outcome = ("kept", "the upstream's Access-Control-* grant no more than the rule") if why is None else \
+            ("replaced", why)
     # A denied preflight passed on (denied_preflight: forward) keeps the upstream's answer,
     # unless the origin itself is denied.
-    keep = keep or (decision.kind == "preflight" and decision.verdict != "denied:origin")
+    keep = (outcome is not None and outcome[0] == "kept") or (
+        decision.kind == "preflight" and decision.verdict != "denied:origin")
     if not keep:
         # SECURITY: the upstream's own Access-Control-* never reach the client beside ours,
         # and never for an origin the rules deny.
@@ -314,6 +326,28 @@ def finish(decision: Decision, headers: MultiHeaders) -> None:
             _add_actual(decision, headers)
     vary = PREFLIGHT_VARY if decision.kind == "preflight" else ORIGIN_VARY
     headers["Vary"] = merge_vary(headers.getall("Vary", []), vary)
+    return outcome
+
+
+def _not_keepable(decision: Decision, headers: MultiHeaders) -> str | None:
+    """Why ``upstream_cors: keep`` must not pass the upstream's CORS headers (design §5); None if it may.
+
+    SECURITY: keep never grants more than the rule: an upstream that reflects every Origin with
+    credentials must not hand them to an origin the rule admits without credentials.
+    """
+    assert decision.rule is not None
+    values = headers.getall(ACAO, [])
+    if len(values) != 1:
+        return f"the upstream sent Access-Control-Allow-Origin {len(values)} times"
+    value = values[0].strip()
+    if value != "*" and value != decision.origin:
+        return f"the upstream's Access-Control-Allow-Origin {value!r} is neither * nor the request's origin"
+    if ACAC in headers:
+        if not decision.rule.rule.allow_credentials:
+            return "the upstream sent Access-Control-Allow-Credentials and the rule does not allow credentials"
+        if value == "*":
+            return "the upstream sent Access-Control-Allow-Origin * with credentials, which browsers refuse"
+    return None
 
 
 def _add_actual(decision: Decision, headers: MultiHeaders) -> None:
