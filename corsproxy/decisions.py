@@ -16,6 +16,10 @@ from typing import Any, Protocol
 from .policy import Decision
 
 DEFAULT_SIZE = 200
+# SECURITY: a reason quotes what the client sent (its Origin, a header name), so each client could add a row:
+# at most MAX_REASONS distinct ones are counted, the rest under OTHER (design §5), whatever clients send.
+MAX_REASONS = 100
+OTHER = "other reasons"
 _NOT_LISTED = ("allowed", "none")
 COLUMNS = ("time", "origin", "method", "path", "rule", "verdict", "reason", "mode")
 
@@ -59,7 +63,13 @@ class DecisionLog:
         entry = Entry(time.time(), origin or decision.origin or "", method, path, decision.rule_name,
                       decision.verdict, decision.reason, "enforce" if decision.enforce else "report-only")
         self._entries.append(entry)
-        self._counts[f"{entry.verdict}: {decision.detail}"] += 1
+        self._count(f"{entry.verdict}: {decision.detail}", 1)
+
+    def _count(self, reason: str, n: int) -> None:
+        counts = self._counts
+        if reason not in counts and len(counts) >= MAX_REASONS + (OTHER in counts):
+            reason = OTHER
+        counts[reason] += n
 
     def entries(self) -> list[Entry]:
         return list(reversed(self._entries))
@@ -74,7 +84,7 @@ class DecisionLog:
         log._entries.extend(sorted((Entry(**e) for p in parts for e in p["entries"]), key=lambda e: e.time))
         for part in parts:
             for count in part["counts"]:
-                log._counts[count["reason"]] += count["count"]
+                log._count(count["reason"], count["count"])
         return log
 
     def to_json(self) -> dict[str, Any]:
