@@ -47,6 +47,7 @@ _ANY_HOSTS = frozenset({"0.0.0.0", "::", ""})  # bind every address, so any port
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_USERINFO_RE = re.compile(r"[a-z][a-z0-9+.\-]*://([^/?#]*)@", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -285,6 +286,13 @@ def _file(v: Any) -> str:
 
 def _upstream_url(v: Any) -> str:
     text = _str(v)
+    if m := _USERINFO_RE.match(text):
+        # SECURITY: the message never repeats the password (it goes to stderr and to the log on reload).
+        user = m[1].partition(":")[0]
+        shown = f"{text[:m.start(1)]}{user}{':***' if ':' in m[1] else ''}@{text[m.end():]}"
+        raise ValueError(f"{shown!r} carries a user name and password; corsproxy does not authenticate to the "
+                         f"upstream and would never send them: remove '{user}:...@' (let the upstream trust the "
+                         "proxy's network, or have the client send its own Authorization header)")
     try:
         url = URL(text)
     except ValueError as exc:

@@ -129,6 +129,16 @@ BROKEN = [
     pytest.param("upstream: {url: 'http://127.0.0.1:9000/v1?x=1'}\nrules:\n  - allow_origins: ['*']\n",
                  ["FILE:1:12: upstream.url: 'http://127.0.0.1:9000/v1?x=1' may carry a base path but no query or "
                   "fragment; drop from '?' or '#' on"], id="upstream-with-query"),
+    pytest.param("upstream: {url: 'http://bob:s3cret@127.0.0.1:9000/v1'}\nrules:\n  - allow_origins: ['*']\n",
+                 ["FILE:1:12: upstream.url: 'http://bob:***@127.0.0.1:9000/v1' carries a user name and password; "
+                  "corsproxy does not authenticate to the upstream and would never send them: remove 'bob:...@' (let "
+                  "the upstream trust the proxy's network, or have the client send its own Authorization header)"],
+                 id="upstream-with-password"),
+    pytest.param("upstream: {url: 'https://bob:p@ss@api?x=1'}\nrules:\n  - allow_origins: ['*']\n",
+                 ["FILE:1:12: upstream.url: 'https://bob:***@api?x=1' carries a user name and password; corsproxy "
+                  "does not authenticate to the upstream and would never send them: remove 'bob:...@' (let the "
+                  "upstream trust the proxy's network, or have the client send its own Authorization header)"],
+                 id="upstream-with-password-and-other-faults"),
     pytest.param(HEAD + "  - allow_origins: ['*']\n    paths: [api/**]\n",
                  ["FILE:4:13: rules[0].paths[0]: path pattern 'api/**' must start with '/': write '/api/**'"],
                  id="path-without-slash"),

@@ -307,6 +307,23 @@ async def test_a_change_of_the_file_reloads_it_without_a_signal_and_a_bad_one_ke
     assert total(metrics, "corsproxy_config_reloads_total", result="failed") == 1
 
 
+async def test_no_log_line_ever_carries_a_password_written_in_the_upstream_url(spawn, tmp_path, upstream):
+    # SECURITY (issue 13.5): the startup line printed "-> http://bob:s3cret@..."; now such a URL is a config error
+    # at start and on reload, and its message masks the password.
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    proc = spawn("-c", str(setup.path))
+    await proc.wait_line(lambda line: "listening on" in line)
+    setup.upstream_url = upstream.url.replace("http://", "http://bob:s3cret@")
+    setup.write(rule("app"))
+    failed = await proc.wait_line(lambda line: "reload (file changed) failed" in line, timeout=5)
+    assert "carries a user name and password" in failed and "bob:***@" in failed
+    again = spawn("-c", str(setup.path))
+    assert await again.wait_exit(20) == 2
+    assert any(":2:" in line and "upstream.url: " in line for line in again.lines)
+    assert [line for line in proc.lines + again.lines if "s3cret" in line] == []
+
+
 # ---------------------------------------------------------------- graceful stop
 
 
