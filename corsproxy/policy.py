@@ -60,6 +60,7 @@ class CompiledRule:
     rule: Rule
     star: bool  # answer with a literal "*" (any origin, no credentials)
     methods: frozenset[str] | None  # None = any
+    actual_methods: frozenset[str] | None  # methods an actual request may use: + HEAD where GET, + OPTIONS
     headers: frozenset[str] | None  # lowercase; None = any
     preflight_headers: Headers  # allowed preflight, minus ACAO and the per-request ones
     actual_headers: Headers  # allowed actual request, minus ACAO / TAO
@@ -86,11 +87,19 @@ class CompiledRule:
             rule=rule,
             star=rule.origins.allow_all and not rule.allow_credentials,
             methods=None if any_method else frozenset(rule.allow_methods),
+            actual_methods=None if any_method else _actual_methods(rule.allow_methods),
             headers=None if any_header else frozenset(h.lower() for h in rule.allow_headers),
             preflight_headers=tuple(pre),
             actual_headers=tuple(actual),
             expose_names_from_response=expose_all and rule.allow_credentials,
         )
+
+
+def _actual_methods(listed: tuple[str, ...]) -> frozenset[str]:
+    """HTTP serves HEAD wherever GET (RFC 9110 §9.3.2), and an OPTIONS that is not a preflight always counts
+    (as in rs/cors): neither needs listing for an actual request."""
+    extra = {"OPTIONS"} | ({"HEAD"} if "GET" in listed else set())
+    return frozenset(listed) | extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +290,12 @@ def _actual(compiled: CompiledRule, request: CorsRequest, origin: str | None) ->
     if why is not None and not compiled.star:
         status = 403 if rule.disallowed_origin == "reject" else None
         return Decision("actual", "denied:origin", why, compiled, origin, status)
+    if compiled.actual_methods is not None and request.method not in compiled.actual_methods:
+        # SECURITY: a simple cross-site POST is sent without a preflight; a rule that does not list the method
+        # must not let the page read the answer (design §4, as rs/cors): the answer of a disallowed origin.
+        status = 403 if rule.disallowed_origin == "reject" else None
+        return Decision("actual", "denied:method", f"method {request.method} not in allow_methods", compiled,
+                        origin, status)
     # SECURITY: an invalid Origin is only ever answered with a literal "*", never echoed.
     allow_origin = "*" if compiled.star else request.origins[0]
     headers = [(ACAO, allow_origin), *compiled.actual_headers]
