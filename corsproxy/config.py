@@ -35,6 +35,7 @@ DisallowedOrigin = Literal["forward", "reject"]
 Mode = Literal["enforce", "report-only"]
 UpstreamCors = Literal["replace", "keep"]
 DeniedPreflight = Literal["reject", "forward"]
+ResourcePolicy = Literal["same-site", "same-origin", "cross-origin"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG_PATH = "config.yaml"
@@ -127,6 +128,7 @@ class Rule:
     max_age: int | None = 600
     allow_private_network: bool = False
     timing_allow_origin: bool = False
+    cross_origin_resource_policy: ResourcePolicy | None = None
     disallowed_origin: DisallowedOrigin = "forward"
     mode: Mode = "enforce"
     upstream_cors: UpstreamCors = "replace"
@@ -416,6 +418,7 @@ _RULE_FIELDS = {
     "max_age": _Field(_optional(_int(0, 2**31 - 1)), 600),
     "allow_private_network": _Field(_bool, False),
     "timing_allow_origin": _Field(_bool, False),
+    "cross_origin_resource_policy": _Field(_optional(_choice("same-site", "same-origin", "cross-origin"))),
     "disallowed_origin": _Field(_choice("forward", "reject"), "forward"),
     "mode": _Field(_choice("enforce", "report-only"), "enforce"),
     "upstream_cors": _Field(_choice("replace", "keep"), "replace"),

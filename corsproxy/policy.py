@@ -33,6 +33,7 @@ ACEH = "Access-Control-Expose-Headers"
 ACMA = "Access-Control-Max-Age"
 ACAPN = "Access-Control-Allow-Private-Network"
 TAO = "Timing-Allow-Origin"
+CORP = "Cross-Origin-Resource-Policy"
 PREFLIGHT_VARY = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
 ORIGIN_VARY = ("Origin",)
 # Response headers a page can always read (Fetch "CORS-safelisted response-header name"),
@@ -65,6 +66,7 @@ class CompiledRule:
     preflight_headers: Headers  # allowed preflight, minus ACAO and the per-request ones
     actual_headers: Headers  # allowed actual request, minus ACAO / TAO
     expose_names_from_response: bool  # expose_headers "*" with credentials
+    resource_policy: Headers = ()  # Cross-Origin-Resource-Policy on every response of the rule, when set
 
     @classmethod
     def build(cls, rule: Rule) -> CompiledRule:
@@ -92,6 +94,7 @@ class CompiledRule:
             preflight_headers=tuple(pre),
             actual_headers=tuple(actual),
             expose_names_from_response=expose_all and rule.allow_credentials,
+            resource_policy=((CORP, rule.cross_origin_resource_policy),) if rule.cross_origin_resource_policy else (),
         )
 
 
@@ -315,7 +318,13 @@ def finish(decision: Decision, headers: MultiHeaders) -> UpstreamCorsOutcome:
     Returns what ``upstream_cors: keep`` did with the upstream's CORS headers, ``("kept" | "replaced", why)``,
     for the log, ``CORS-Decision`` and ``explain``; None when ``keep`` had nothing to decide.
     """
-    if decision.rule is None or not decision.enforce or decision.status is not None:
+    if decision.rule is None or not decision.enforce:
+        return None
+    for name, value in decision.rule.resource_policy:
+        # A no-cors embed (<img> without crossorigin, no Origin sent) in a page with COEP require-corp
+        # loads only with this header; CORS headers do not help there (design §3).
+        headers[name] = value
+    if decision.status is not None:
         return None
     if decision.kind == "no-origin":
         headers["Vary"] = merge_vary(headers.getall("Vary", []), ORIGIN_VARY)
@@ -381,6 +390,8 @@ def _add_actual(decision: Decision, headers: MultiHeaders) -> None:
 def respond_headers(decision: Decision) -> list[tuple[str, str]]:
     """Headers of a response the proxy makes for a decision with ``status`` set."""
     out = list(decision.headers)
+    if decision.rule is not None and decision.enforce:
+        out.extend(decision.rule.resource_policy)
     if decision.status == 403:
         out.append(("Content-Type", "text/plain; charset=utf-8"))
         if not any(name == "Vary" for name, _ in out):

@@ -16,7 +16,8 @@ HEAD = "upstream: {url: 'http://127.0.0.1:9000'}\nrules:\n"
 CREDS_STAR = ('allow_credentials: true with allow_origins "*" would let every site read its users\' authenticated '
               'responses; list the allowed origins instead of "*"')
 RULE_KEYS = ("name, paths, allow_origins, allow_methods, allow_headers, expose_headers, allow_credentials, max_age, "
-             "allow_private_network, timing_allow_origin, disallowed_origin, mode, upstream_cors, denied_preflight")
+             "allow_private_network, timing_allow_origin, cross_origin_resource_policy, disallowed_origin, mode, "
+             "upstream_cors, denied_preflight")
 TOP_KEYS = "listen, upstream, limits, admin, logging, debug, defaults, rules"
 
 
@@ -405,6 +406,7 @@ def test_describe_is_json_with_the_effective_rules(tmp_path: Path) -> None:
         "name": "app", "paths": ["/api/**"], "allow_origins": ["https://a.example", {"regex": "https://b\\.example"}],
         "allow_methods": ["GET", "HEAD", "POST"], "allow_headers": ["*"], "expose_headers": [],
         "allow_credentials": False, "max_age": 600, "allow_private_network": False, "timing_allow_origin": False,
+        "cross_origin_resource_policy": None,
         "disallowed_origin": "forward", "mode": "enforce", "upstream_cors": "replace", "denied_preflight": "reject",
     }]
     assert "marks" not in described

@@ -78,6 +78,11 @@ rules:
     paths: ["/reject/**"]
     allow_origins: ["https://app.example.com"]
     disallowed_origin: reject
+  - name: corp
+    paths: ["/corp/**"]
+    allow_origins: ["https://app.example.com"]
+    cross_origin_resource_policy: cross-origin
+    disallowed_origin: reject
   - name: read-only
     paths: ["/ro/**"]
     allow_origins: ["https://app.example.com"]
@@ -416,6 +421,32 @@ def test_actual_request_method_must_be_allowed(path: str, method: str, verdict: 
             assert headers == sorted(BASE + [VARY_ORIGIN])
         else:
             assert respond_headers(decision) == [TEXT, ("Vary", "Origin")]
+
+
+CORP_UPSTREAM = [("Content-Type", "image/png"), ("Cross-Origin-Resource-Policy", "same-origin")]
+CORP = ("Cross-Origin-Resource-Policy", "cross-origin")
+
+
+@pytest.mark.parametrize(("origin", "method", "expected"), [
+    pytest.param(None, "GET", [CORP_UPSTREAM[0], CORP, ("Vary", "Origin")], id="no-cors-embed-without-origin"),
+    pytest.param(APP, "GET", [CORP_UPSTREAM[0], ("Access-Control-Allow-Origin", APP), CORP, ("Vary", "Origin")],
+                 id="allowed"),
+])
+def test_cross_origin_resource_policy_replaces_the_upstreams_on_every_response_of_the_rule(
+        origin: str | None, method: str, expected: list[tuple[str, str]]) -> None:
+    _, headers = actual("/corp/x.png", origin, CORP_UPSTREAM, method=method)
+    assert headers == sorted(expected)
+
+
+def test_cross_origin_resource_policy_is_on_the_proxys_own_answers_too() -> None:
+    rejected = decide(POLICY, CorsRequest("GET", "/corp/x", ("https://evil.test",)))
+    assert respond_headers(rejected) == [CORP, TEXT, ("Vary", "Origin")]
+    assert ("Cross-Origin-Resource-Policy", "cross-origin") in respond_headers(preflight("/corp/x", APP))
+
+
+def test_without_cross_origin_resource_policy_the_upstreams_header_is_left_alone() -> None:
+    _, headers = actual("/exact/x.png", None, CORP_UPSTREAM)
+    assert headers == sorted(CORP_UPSTREAM + [("Vary", "Origin")])
 
 
 def test_options_without_request_method_is_an_actual_request() -> None:
