@@ -153,8 +153,10 @@ class Config:
 # --------------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and check a config file; raises :class:`ConfigError` listing every problem."""
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, upstream: str | None = None) -> Config:
+    """Read and check a config file; raises :class:`ConfigError` listing every problem.
+
+    ``upstream`` (``--upstream``) stands in for an ``upstream.url`` the file does not have."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -163,10 +165,11 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         ) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the config file is not UTF-8 text; save it as UTF-8"]) from None
-    return parse(text, str(path), os.environ if env is None else env)
+    return parse(text, str(path), os.environ if env is None else env, upstream=upstream)
 
 
-def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = None, *,
+          upstream: str | None = None) -> Config:
     """Check a config given as YAML text; ``source`` names it in messages."""
     reader = _Reader(source, os.environ if env is None else env)
     try:
@@ -177,11 +180,25 @@ def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: YAML syntax: {problem}; check indentation and quoting there"]) from None
     data = reader.value(node, "") if node is not None else {}
+    if upstream is not None and isinstance(data, dict):
+        try:
+            _stand_in(data, _upstream_url(upstream))
+        except ValueError as exc:  # the flag's own error, before the file's (with_overrides words it the same)
+            reader.issues.append(((0, 0), f"--upstream: {exc}"))
     config = reader.build(data)
     if reader.issues:
         raise ConfigError([text for _, text in sorted(reader.issues, key=lambda issue: issue[0])])
     assert config is not None
     return dataclasses.replace(config, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def _stand_in(data: dict[str, Any], upstream: str) -> None:
+    """``--upstream`` for a file without ``upstream.url`` (applied over one it has by :func:`with_overrides`)."""
+    section = data.setdefault("upstream", {})
+    if section is None:
+        section = data["upstream"] = {}
+    if isinstance(section, dict):
+        section.setdefault("url", upstream)
 
 
 def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
@@ -611,7 +628,8 @@ class _Reader:
             if key not in _TOP:
                 self.error(key, f"unknown key '{key}'{_did_you_mean(key, _TOP)}; allowed: {', '.join(_TOP)}")
         if "upstream" not in data:
-            self.error("upstream", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000}")
+            self.error("upstream", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000} "
+                                   "(or pass --upstream URL)")
         parts = {
             "listen": self.listen(data.get("listen")),
             "upstream": self.section(data.get("upstream"), "upstream", _UPSTREAM) if "upstream" in data else None,

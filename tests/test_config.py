@@ -61,7 +61,8 @@ BROKEN = [
                  ["FILE:1:1: upstream.url: 'url' is required; add url: http://127.0.0.1:9000 (the API behind the "
                   "proxy)"], id="missing-upstream-url"),
     pytest.param("rules:\n  - allow_origins: ['*']\n",
-                 ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000}"],
+                 ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000} (or pass "
+                  "--upstream URL)"],
                  id="missing-upstream"),
     pytest.param("upstream:\n  url: ${UPSTREAM_URL}\nrules:\n  - allow_origins: ['*']\n",
                  ["FILE:2:3: upstream.url: environment variable ${UPSTREAM_URL} is not set; export it or write "
@@ -150,7 +151,8 @@ BROKEN = [
     pytest.param("upstream: {url: 'http://127.0.0.1:9000'}\n",
                  ["FILE:1:1: rules: expected a non-empty list of rules, e.g. - {paths: ['/**'], allow_origins: "
                   "[...]}"], id="no-rules"),
-    pytest.param("", ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000}",
+    pytest.param("", ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000} (or pass "
+                  "--upstream URL)",
                       "FILE:1:1: rules: expected a non-empty list of rules, e.g. - {paths: ['/**'], allow_origins: "
                       "[...]}"], id="empty-file"),
     pytest.param("- a\n", ["FILE:1:1: (top level): the config must be a mapping with upstream: and rules: (see "
