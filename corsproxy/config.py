@@ -175,10 +175,7 @@ def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}: YAML syntax: {problem}; check indentation and quoting there"]) from None
+        raise ConfigError([_syntax_error(exc, text, source)]) from None
     data = reader.value(node, "") if node is not None else {}
     if upstream is not None and isinstance(data, dict):
         try:
@@ -190,6 +187,25 @@ def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = N
         raise ConfigError([text for _, text in sorted(reader.issues, key=lambda issue: issue[0])])
     assert config is not None
     return dataclasses.replace(config, sha256=hashlib.sha256(text.encode()).hexdigest())
+
+
+def _syntax_error(exc: yaml.YAMLError, text: str, source: str) -> str:
+    """``FILE:LINE:COL: YAML syntax: ...`` where the mistake is. An unclosed ``[``, ``{`` or quote is noticed at
+    the next token, often the next line: then the end of the line before it is where the closer is missing."""
+    mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context", None) or ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"{source}: YAML syntax: {problem}; check indentation and quoting"
+    line, column = mark.line, mark.column
+    lines = text.splitlines()
+    before = lines[line][:column] if line < len(lines) else ""
+    opened = getattr(exc, "context_mark", None)
+    if ("flow" in context or "quoted" in context) and not before.strip() and opened is not None:
+        previous = next((i for i in range(line - 1, opened.line - 1, -1) if lines[i].strip()), None)
+        if previous is not None:
+            line, column = previous, len(lines[previous].rstrip())
+            problem += f" ({context} opened at line {opened.line + 1}, column {opened.column + 1})"
+    return f"{source}:{line + 1}:{column + 1}: YAML syntax: {problem}; check indentation and quoting there"
 
 
 def _stand_in(data: dict[str, Any], upstream: str) -> None:
@@ -299,7 +315,8 @@ def _size(v: Any) -> int | None:
 def _file(v: Any) -> str:
     path = _str(v)
     if not os.access(path, os.R_OK):
-        raise ValueError(f"cannot read file {path!r}; give a path that exists and is readable")
+        raise ValueError(f"cannot read file {path!r}; give a path that exists and is readable (a relative path is "
+                         "taken from the config file's folder)")
     return path
 
 
@@ -388,6 +405,7 @@ class _Field:
     default: Any = None
     required: bool = False
     example: str = ""  # for a required field's message
+    path: bool = False  # a file path: relative to the config file's folder (design §2)
 
 
 def _env_default(env: Mapping[str, str], name: str) -> str:
@@ -401,8 +419,8 @@ _LISTEN = {
     "trusted_proxies": _Field(_networks, ()),
     "drain_timeout": _Field(_number(), 10.0),
 }
-_TLS = {"cert": _Field(_file, required=True, example="cert.pem (the PEM certificate chain)"),
-        "key": _Field(_file, required=True, example="key.pem (the PEM private key)")}
+_TLS = {"cert": _Field(_file, required=True, example="cert.pem (the PEM certificate chain)", path=True),
+        "key": _Field(_file, required=True, example="key.pem (the PEM private key)", path=True)}
 _UPSTREAM = {
     "url": _Field(_upstream_url, required=True, example="http://127.0.0.1:9000 (the API behind the proxy)"),
     "host_header": _Field(_choice("upstream", "preserve"), "upstream"),
@@ -410,7 +428,7 @@ _UPSTREAM = {
     "read_timeout": _Field(_number(0.001), 60.0),
     "max_connections": _Field(_int(1, 100_000), 100),
     "tls_verify": _Field(_bool, True),
-    "ca_file": _Field(_optional(_file)),
+    "ca_file": _Field(_optional(_file), path=True),
     "forwarded_headers": _Field(_bool, True),
     "rewrite_location": _Field(_bool, True),
 }
@@ -473,6 +491,12 @@ class _Reader:
         self._open: set[int] = set()  # ids of the lists and mappings being read, to stop alias loops
         self._constructor = yaml.constructor.SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
+
+    def relative(self, value: Any) -> Any:
+        """A file path from the config, taken from the config file's folder unless absolute."""
+        if not isinstance(value, str) or not value or os.path.isabs(value) or self.source.startswith("<"):
+            return value
+        return os.path.normpath(os.path.join(os.path.dirname(self.source), value))
 
     # -- positions and messages
 
@@ -598,7 +622,7 @@ class _Reader:
         for key, spec in schema.items():
             sub = f"{path}.{key}" if path else key
             if key in data:
-                out[key] = self.field(spec, data[key], sub)
+                out[key] = self.field(spec, self.relative(data[key]) if spec.path else data[key], sub)
             elif defaults is not None and key in defaults:
                 out[key] = defaults[key]
             elif spec.required:
@@ -693,10 +717,13 @@ class _Reader:
             return ()
         built = [self.rule(r, i, given_defaults) for i, r in enumerate(rules)]
         names: dict[str, int] = {}
-        for rule in built:
-            if rule is not None and names.setdefault(rule.name, rule.index) != rule.index:
-                self.error(f"rules[{rule.index}].name",
-                           f"rule name '{rule.name}' is already used by rules[{names[rule.name]}]; names must differ")
+        # From the file, not from the rules that built: a duplicate is reported along with every other error.
+        for index, raw in enumerate(rules):
+            name = raw.get("name") if isinstance(raw, dict) else None
+            name = name if isinstance(name, str) else f"rules[{index}]"
+            if names.setdefault(name, index) != index:
+                self.error(f"rules[{index}].name",
+                           f"rule name '{name}' is already used by rules[{names[name]}]; names must differ")
         return tuple(r for r in built if r is not None)
 
     def rule(self, data: Any, index: int, defaults: Mapping[str, Any]) -> Rule | None:

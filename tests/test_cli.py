@@ -58,7 +58,7 @@ BROKEN = [
                  id="misspelt-key"),
     pytest.param("  - allow_origins: []\n", "3:5", "rules[0].allow_origins", id="empty-origins"),
     pytest.param("  - allow_origins: ['*']\n    max_age: ten\n", "4:5", "rules[0].max_age", id="bad-max-age"),
-    pytest.param("  - allow_origins: ['*'\n", "4:1", "YAML syntax", id="yaml-syntax"),
+    pytest.param("  - allow_origins: ['*'\n", "3:24", "YAML syntax", id="yaml-syntax"),
 ]
 
 

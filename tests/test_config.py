@@ -97,8 +97,14 @@ BROKEN = [
     pytest.param(HEAD + "  - allow_origins: ['*']\n    max_age: 10\n    max_age: 20\n",
                  ["FILE:5:5: rules[0].max_age: 'max_age' is given twice; keep one"], id="duplicate-key"),
     pytest.param(HEAD + "  - allow_origins: ['*'\n    max_age: 10\n",
-                 ["FILE:4:5: YAML syntax: expected ',' or ']', but got '<scalar>'; check indentation and quoting "
-                  "there"], id="yaml-syntax-error"),
+                 ["FILE:3:24: YAML syntax: expected ',' or ']', but got '<scalar>' (while parsing a flow sequence "
+                  "opened at line 3, column 20); check indentation and quoting there"], id="yaml-syntax-error"),
+    pytest.param("upstream: {url: 'http://127.0.0.1:9000'}\nrules:\n  - name: 'x\n",
+                 ["FILE:3:13: YAML syntax: found unexpected end of stream (while scanning a quoted scalar opened at "
+                  "line 3, column 11); check indentation and quoting there"], id="yaml-unclosed-quote"),
+    pytest.param("rules:\n  - name: x\n   bad: 1\n",
+                 ["FILE:3:4: YAML syntax: expected <block end>, but found '<block mapping start>'; check indentation "
+                  "and quoting there"], id="yaml-bad-indentation-stays-on-its-line"),
     pytest.param(HEAD + "  - allow_origins: ['*']\n    allow_methods: [GET, delete]\n",
                  ["FILE:4:26: rules[0].allow_methods[1]: browsers always send DELETE in uppercase; write 'DELETE'"],
                  id="lowercase-standard-method"),
@@ -148,6 +154,14 @@ BROKEN = [
                  "  - {name: api, allow_origins: ['*'], paths: ['/b']}\n",
                  ["FILE:4:6: rules[1].name: rule name 'api' is already used by rules[0]; names must differ"],
                  id="duplicate-rule-name"),
+    pytest.param(HEAD + "  - {name: api, allow_origins: ['https://a/'], paths: ['/a']}\n"
+                 "  - {name: api, allow_origins: ['*'], alow_methods: [GET]}\n",
+                 ["FILE:3:33: rules[0].allow_origins[0]: 'https://a/' has a path, query or trailing '/'; an origin is "
+                  "scheme://host[:port]: write 'https://a'",
+                  "FILE:4:6: rules[1].name: rule name 'api' is already used by rules[0]; names must differ",
+                  "FILE:4:39: rules[1].alow_methods: unknown key 'alow_methods' (did you mean 'allow_methods'?); "
+                  f"allowed: {RULE_KEYS}"],
+                 id="duplicate-rule-name-with-the-other-errors-at-once"),
     pytest.param("upstream: {url: 'http://127.0.0.1:9000'}\n",
                  ["FILE:1:1: rules: expected a non-empty list of rules, e.g. - {paths: ['/**'], allow_origins: "
                   "[...]}"], id="no-rules"),
@@ -163,7 +177,7 @@ BROKEN = [
     pytest.param("listen:\n  tls: {cert: /nonexistent/cert.pem}\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:2:3: listen.tls.key: 'key' is required; add key: key.pem (the PEM private key)",
                   "FILE:2:9: listen.tls.cert: cannot read file '/nonexistent/cert.pem'; give a path that exists and "
-                  "is readable"], id="tls-half-given"),
+                  "is readable (a relative path is taken from the config file's folder)"], id="tls-half-given"),
     pytest.param("listen:\n  trusted_proxies: [10.0.0.0/8, 10, 300.1.1.1]\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:2:33: listen.trusted_proxies[1]: 10 is not an address; write addresses or CIDRs such as "
                   "10.0.0.0/8",
@@ -450,3 +464,24 @@ def test_with_overrides_checks_flags_like_file_values(tmp_path: Path) -> None:
         "--port: expected a whole number from 0 to 65535, got 70000",
         "--upstream: 'http://a/?q' may carry a base path but no query or fragment; drop from '?' or '#' on",
     ]
+
+
+def test_file_paths_are_relative_to_the_config_files_folder_not_the_working_directory(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    folder = tmp_path / "etc" / "corsproxy"
+    folder.mkdir(parents=True)
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (folder / name).write_text("x")
+    path = folder / "config.yaml"
+    path.write_text("listen:\n  tls: {cert: cert.pem, key: ./key.pem}\nupstream:\n  url: https://api\n"
+                    "  ca_file: ca.pem\nrules:\n  - allow_origins: ['*']\n")
+    monkeypatch.chdir(tmp_path)  # where cert.pem is not
+    config = cfg.load(path.relative_to(tmp_path), env={})
+    assert config.listen.tls == cfg.TLSConfig(str(Path("etc/corsproxy/cert.pem")), str(Path("etc/corsproxy/key.pem")))
+    assert config.upstream.ca_file == str(Path("etc/corsproxy/ca.pem"))
+    (folder / "ca.pem").unlink()
+    with pytest.raises(ConfigError) as caught:
+        cfg.load(path, env={})
+    assert caught.value.issues == [f"{path}:5:3: upstream.ca_file: cannot read file '{folder / 'ca.pem'}'; give a "
+                                   "path that exists and is readable (a relative path is taken from the config "
+                                   "file's folder)"]
