@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
 
-from . import __version__
+from . import __version__, startup
 from .config import Config, ConfigError, default_config_path, describe, load, with_overrides
 from .explain import BrowserRequest, explain, from_curl, header_arg, target_of
 from .lint import lint
@@ -131,13 +132,21 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _serve(args: argparse.Namespace) -> int:
     from .logs import setup
-    from .server import run, worker_argv  # aiohttp is only needed here
+    from .server import EXIT_STARTUP, WORKER_DIR_ENV, run, worker_argv  # aiohttp is only needed here
 
     def load_config() -> Config:
         return _load(args)
 
     config = load_config()
     setup(config.logging.level, config.logging.format)
+    if not os.environ.get(WORKER_DIR_ENV):  # a worker's supervisor checked already (and its siblings share the port)
+        log = logging.getLogger("corsproxy")
+        if problems := startup.port_problems(config):
+            for problem in problems:
+                log.error("cannot start: %s", problem)
+            return EXIT_STARTUP
+        if (problem := startup.upstream_problem(config)) is not None:
+            log.warning("%s; serving anyway: requests get 502 and /readyz says 503 until it does", problem)
     argv = worker_argv(args.config or default_config_path(), host=args.host, port=args.port, upstream=args.upstream)
     return run(config, load_config, workers=args.workers, worker_argv=argv)
 

@@ -459,8 +459,44 @@ async def test_a_port_in_use_stops_the_supervisor_with_exit_3_instead_of_restart
         taken.listen()
         proc = spawn("-c", str(setup.path), "--workers", "2")
         assert await proc.wait_exit(20) == 3
-    assert any("cannot start" in line and "address already in use" in line.lower() for line in proc.lines)
+    assert any("cannot start: listen.port" in line and "is in use" in line for line in proc.lines)
     assert not any("restarting" in line for line in proc.lines)
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin"])
+async def test_a_port_in_use_is_named_by_its_key_with_the_fix_and_nothing_else_is_said(spawn, tmp_path, upstream,
+                                                                                       taken):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    port = setup.port if taken == "listen" else setup.admin_port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        proc = spawn("-c", str(setup.path))
+        assert await proc.wait_exit(20) == 3
+    fix = ("pass --port P or set listen.port to a free port" if taken == "listen" else
+           "set admin.port to a free port, or admin: null to run without the admin listener")
+    assert [(r["level"], r["message"]) for r in proc.records()] == [
+        ("error", f"cannot start: {taken}.port {port} on 127.0.0.1 is in use by another process; {fix}")]
+
+
+async def test_an_upstream_that_refuses_connections_is_one_warning_at_start_and_serving_goes_on(spawn, tmp_path):
+    from corsproxy.testing import free_port as closed
+
+    gone = closed()
+    setup = Setup(tmp_path / "config.yaml", f"http://127.0.0.1:{gone}")
+    setup.write(rule("app"))
+    proc = spawn("-c", str(setup.path))
+    await proc.wait_line(lambda line: "listening on" in line)
+    warnings = [r["message"] for r in proc.records() if r["level"] == "warning"]
+    assert warnings == [f"upstream 127.0.0.1:{gone} does not accept connections (Connection refused); serving "
+                        "anyway: requests get 502 and /readyz says 503 until it does"]
+    async with aiohttp.ClientSession() as session:
+        await until_up(session, setup)
+        async with session.get(setup.admin + "/readyz") as resp:
+            assert resp.status == 503
+        async with session.get(setup.url + "/x", headers={"Origin": ORIGIN}) as resp:
+            assert resp.status == 502
 
 
 async def test_admin_null_runs_the_proxy_without_an_admin_listener(spawn, tmp_path, upstream):
