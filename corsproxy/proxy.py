@@ -23,13 +23,14 @@ from typing import Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from . import splice
 from .config import Config, IPNetwork
-from .headers import HOP_BY_HOP, hop_by_hop, rewrite_location
+from .headers import HOP_BY_HOP, SERVER, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
 from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
 from .upstream import Pool, UpstreamError, UpstreamResponse
@@ -366,6 +367,13 @@ async def keep_untyped(request: web.Request, response: web.StreamResponse) -> No
     """
     if isinstance(response, RelayedResponse) and response.untyped:
         response.headers.popall("Content-Type", None)
+
+
+async def name_server(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: ``Server: corsproxy`` instead of the ``Python/3.x aiohttp/3.x`` aiohttp has just
+    added where no Server was set (the proxy's own answers, an upstream response without one)."""
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        response.headers["Server"] = SERVER
 
 
 async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:

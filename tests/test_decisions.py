@@ -85,7 +85,7 @@ def test_json_lists_entries_newest_first():
     entries = log.to_json()["entries"]
     assert [(e["origin"], e["method"], e["path"]) for e in entries] == [
         ("https://b.example", "POST", "/api/b"), ("https://a.example", "GET", "/api/a")]
-    assert set(entries[0]) == {"time", "origin", "method", "path", "rule", "verdict", "reason", "mode"}
+    assert set(entries[0]) == {"time", "origin", "method", "path", "rule", "verdict", "reason", "mode", "time_iso"}
 
 
 def test_a_script_in_the_origin_is_escaped_on_the_page():
