@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -354,9 +354,14 @@ def failure(request: Incoming, snap: Snapshot, ex: Exchange, exc: Exception) -> 
 
 
 class RelayedResponse(web.StreamResponse):
-    """The upstream's response on its way to the client; ``untyped`` when the upstream sent no Content-Type."""
+    """The upstream's response on its way to the client; ``untyped`` when the upstream sent no Content-Type,
+    ``named`` when it sent a Server header (kept as sent)."""
 
     untyped = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.named = "Server" in self.headers
 
 
 async def keep_untyped(request: web.Request, response: web.StreamResponse) -> None:
@@ -372,7 +377,8 @@ async def keep_untyped(request: web.Request, response: web.StreamResponse) -> No
 async def name_server(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: ``Server: corsproxy`` instead of the ``Python/3.x aiohttp/3.x`` aiohttp has just
     added where no Server was set (the proxy's own answers, an upstream response without one)."""
-    if response.headers.get("Server") == SERVER_SOFTWARE:
+    if response.headers.get("Server") == SERVER_SOFTWARE and not (isinstance(response, RelayedResponse) and
+                                                                    response.named):
         response.headers["Server"] = SERVER
 
 
