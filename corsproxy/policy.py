@@ -41,6 +41,8 @@ ORIGIN_VARY = ("Origin",)
 _NOT_EXPOSED = frozenset({"set-cookie", "set-cookie2", "vary"})
 
 Headers = tuple[tuple[str, str], ...]
+# What upstream_cors: keep did with a response's upstream CORS headers, and why (None: it had nothing to decide).
+UpstreamCorsOutcome = tuple[Literal["kept", "replaced"], str] | None
 
 
 class MultiHeaders(Protocol):
@@ -207,11 +209,13 @@ class Decision:
     def body(self) -> bytes:
         return (self.reason + "\n").encode() if self.status == 403 else b""
 
-    def header_value(self) -> str:
-        """The ``CORS-Decision`` debug header (design §5)."""
-        detail = self.detail.replace("\\", "\\\\").replace('"', '\\"')
+    def header_value(self, kept: UpstreamCorsOutcome = None) -> str:
+        """The ``CORS-Decision`` debug header (design §5); ``kept``: what ``upstream_cors: keep`` did."""
+        detail = self.detail if kept is None else f"{self.detail}; upstream CORS headers {kept[0]}: {kept[1]}"
+        detail = detail.replace("\\", "\\\\").replace('"', '\\"')
         mode = "; mode=report-only" if not self.enforce else ""
-        return f'rule={self.rule_name}; verdict={self.verdict}{mode}; detail="{detail}"'
+        upstream = f"; upstream_cors={kept[0]}" if kept is not None else ""
+        return f'rule={self.rule_name}; verdict={self.verdict}{mode}{upstream}; detail="{detail}"'
 
 
 NO_RULE = Decision("no-rule", "none", "no rule matches this path")
@@ -307,9 +311,6 @@ def _actual(compiled: CompiledRule, request: CorsRequest, origin: str | None) ->
     verdict: Verdict = "allowed" if why is None else "denied:origin"
     detail = "origin allowed" if why is None else f"{why}; answered with a literal * (any origin allowed)"
     return Decision("actual", verdict, detail, compiled, origin, None, tuple(headers))
-
-
-UpstreamCorsOutcome = tuple[Literal["kept", "replaced"], str] | None
 
 
 def finish(decision: Decision, headers: MultiHeaders) -> UpstreamCorsOutcome:

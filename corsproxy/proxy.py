@@ -32,7 +32,7 @@ from . import splice
 from .config import Config, IPNetwork
 from .headers import HOP_BY_HOP, SERVER, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
-from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
+from .policy import CorsRequest, Decision, Policy, UpstreamCorsOutcome, decide, finish, respond_headers
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("corsproxy")
@@ -118,6 +118,7 @@ class Exchange:
     duration: float = 0.0
     upstream_error: str | None = None  # refused, dns, timeout, reset, tls, protocol, aborted
     websocket: bool = False
+    upstream_cors: UpstreamCorsOutcome = None  # upstream_cors: keep kept or replaced the upstream's, and why
 
 
 Observer = Callable[[Exchange], None]
@@ -208,9 +209,11 @@ def _error(snap: Snapshot, decision: Decision, status: int, message: str) -> web
     return resp
 
 
-def decision_header(snap: Snapshot, decision: Decision) -> str | None:
+def decision_header(snap: Snapshot, decision: Decision, kept: UpstreamCorsOutcome = None) -> str | None:
     """The ``CORS-Decision`` value when ``debug.decision_header`` is on and a rule matched."""
-    return decision.header_value() if snap.config.debug.decision_header and decision.rule is not None else None
+    if not snap.config.debug.decision_header or decision.rule is None:
+        return None
+    return decision.header_value(kept)
 
 
 def _debug_header(snap: Snapshot, decision: Decision, resp: web.StreamResponse) -> None:
@@ -384,7 +387,7 @@ async def name_server(request: web.Request, response: web.StreamResponse) -> Non
 
 async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
     resp = RelayedResponse(status=upstream.status, reason=upstream.reason,
-                           headers=relay_headers(request, snap, ex.decision, upstream.headers))
+                           headers=relay_headers(request, snap, ex.decision, upstream.headers, ex))
     resp.untyped = "Content-Type" not in resp.headers
     ex.status = upstream.status
     has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
@@ -462,16 +465,19 @@ def broke_off(request: Incoming, ex: Exchange, exc: Exception) -> None:
 
 
 def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,
-                  raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+                  raw: list[tuple[str, str]], ex: Exchange | None = None) -> CIMultiDict[str]:
     """The upstream's response headers as the client gets them: hop-by-hop dropped, Location rewritten,
-    the CORS part written by policy.finish, and the decision header when on."""
+    the CORS part written by policy.finish, and the decision header when on. ``ex`` is told what
+    ``upstream_cors: keep`` did (for the access log)."""
     names = {name.lower() for name, _ in raw}
     drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
     headers = CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
     if snap.config.upstream.rewrite_location and ("location" in names or "content-location" in names):
         _rewrite_locations(snap, request, headers)
-    finish(decision, headers)
-    if (debug := decision_header(snap, decision)) is not None:
+    kept = finish(decision, headers)
+    if ex is not None:
+        ex.upstream_cors = kept
+    if (debug := decision_header(snap, decision, kept)) is not None:
         headers[DECISION_HEADER] = debug
     return headers
 

@@ -231,6 +231,36 @@ async def test_upstream_cors_keep_still_strips_the_upstream_headers_for_a_denied
     assert cors_part(resp) == {"vary": "Accept-Encoding, Origin"}
 
 
+KEPT = ("kept", "the upstream's Access-Control-* grant no more than the rule")
+REPLACED = ("replaced", "the upstream's Access-Control-Allow-Origin 'https://upstream-says.example' is neither * "
+            "nor the request's origin")
+
+
+@pytest.mark.parametrize(("path", "params", "outcome"), [
+    pytest.param("/respond", {"Access-Control-Allow-Origin": APP}, KEPT, id="kept"),
+    pytest.param("/cors", {}, REPLACED, id="replaced"),
+])
+async def test_keep_says_whether_it_kept_or_replaced_in_the_log_and_the_decision_header(
+        aiohttp_client, upstream, caplog, path, params, outcome):
+    config = cfg.parse(f"upstream: {{url: '{upstream.url}/v1'}}\ndebug: {{decision_header: true}}\n"
+                       f"{rules(upstream_cors='keep')}", "t.yaml", env={})
+    proxy = await aiohttp_client(build_app(config, observers=[AccessLog().observe]))  # aiohttp's request path
+    with caplog.at_level("INFO", logger=ACCESS_LOGGER):
+        resp = await proxy.get(path, params=params, headers={"Origin": APP})
+    assert resp.headers["CORS-Decision"] == (f'rule=app; verdict=allowed; upstream_cors={outcome[0]}; '
+                                             f'detail="origin allowed; upstream CORS headers {outcome[0]}: '
+                                             f'{outcome[1]}"')
+    (record,) = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert record.getMessage().endswith(f' upstream_cors={outcome[0]} upstream_cors_reason="{outcome[1]}"')
+    assert (record.access["upstream_cors"], record.access["upstream_cors_reason"]) == outcome
+
+
+async def test_keep_says_kept_or_replaced_on_the_connection_level_path_too(make_proxy, upstream):
+    proxy = await make_proxy(rules(upstream_cors="keep"), extra="debug: {decision_header: true}")
+    resp = await proxy.client.get("/cors", headers={"Origin": APP})
+    assert "upstream_cors=replaced" in resp.headers["CORS-Decision"]
+
+
 async def test_upstream_cors_replace_is_the_default(make_proxy, upstream):
     proxy = await make_proxy(rules())
     resp = await proxy.client.get("/cors", headers={"Origin": APP})
