@@ -5,7 +5,7 @@ Pure: no I/O, no aiohttp. The proxy, ``explain``, the access log, metrics and
 response (the upstream's, or one the proxy makes itself) in place.
 
 References: Fetch standard §3.2 "CORS protocol" (https://fetch.spec.whatwg.org/#http-cors-protocol);
-Private Network Access (https://wicg.github.io/private-network-access/).
+Private Network Access (legacy: allow_private_network; https://wicg.github.io/private-network-access/).
 """
 
 from __future__ import annotations
