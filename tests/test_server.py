@@ -324,6 +324,18 @@ async def test_no_log_line_ever_carries_a_password_written_in_the_upstream_url(s
     assert [line for line in proc.lines + again.lines if "s3cret" in line] == []
 
 
+async def test_serve_upstream_flag_stands_in_for_a_file_without_upstream(spawn, tmp_path, upstream):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.path.write_text(setup.text(rule("app")).replace(f"upstream: {{url: '{upstream.url}/v1', read_timeout: 30}}\n",
+                                                          ""))
+    assert "upstream" not in setup.path.read_text()
+    proc = spawn("-c", str(setup.path), "--upstream", upstream.url + "/v1")
+    await proc.wait_line(lambda line: "listening on" in line)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(setup.url + "/x", headers={"Origin": ORIGIN}) as resp:
+            assert resp.status == 200 and (await resp.json())["raw_path"] == "/v1/x"
+
+
 # ---------------------------------------------------------------- graceful stop
 
 
