@@ -15,7 +15,7 @@ from aiohttp import web
 from corsproxy import config as cfg
 from corsproxy.app import build_app
 from corsproxy.server import make_runner
-from tests.browser.conftest import Loop, fetch, open_page, start_site
+from tests.browser.conftest import Loop, fetch, open_page, running, start_site
 
 pytestmark = pytest.mark.browser
 
@@ -88,12 +88,8 @@ async def _start() -> tuple[Site, list[web.AppRunner]]:
 
 @pytest.fixture(scope="module")
 def site(loop: Loop) -> Iterator[Site]:
-    started, runners = loop.run(_start())
-    try:
+    with running(loop, _start()) as started:
         yield started
-    finally:
-        for runner in runners:
-            loop.run(runner.cleanup())
 
 
 LOAD_IMG = """
