@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
@@ -127,39 +127,50 @@ def from_curl(argv: Sequence[str], origin: str | None = None) -> BrowserRequest:
         args = shlex.split(args[0].replace("\\\n", " "))
     if args and args[0] == "curl":
         args = args[1:]
-    url, method, headers, body = None, None, [], False
+    read = _Curl()
     i = 0
     while i < len(args):
         arg, i = args[i], i + 1
         if arg in _ARG_OPTIONS:
             if i >= len(args):
                 raise ValueError(f"curl option {arg} needs a value")
-            value, i = args[i], i + 1
-            if arg in ("-X", "--request"):
-                method = value
-            elif arg in ("-H", "--header"):
-                name, sep, text = value.partition(":")
-                if not sep:
-                    raise ValueError(f"curl header {value!r} is not 'Name: value'")
-                headers.append((name.strip(), text.strip()))
-            elif arg.startswith(("-d", "--data", "-F", "--form")):
-                body = True
-                if arg in ("-F", "--form"):
-                    headers.append(("Content-Type", "multipart/form-data"))
-            elif arg == "--url":
-                url = value
-        elif arg in _FLAG_OPTIONS:
-            continue
-        elif arg.startswith("-"):
+            read.option(arg, args[i])
+            i += 1
+        elif arg.startswith("-") and arg not in _FLAG_OPTIONS:
             raise ValueError(f"curl option {arg} is not one explain reads (it reads the URL, -X, -H, --data*, "
                              "-F and --compressed); drop it")
-        elif url is None:
-            url = arg
-        else:
-            raise ValueError(f"two URLs in the curl command ({url!r} and {arg!r}); give one")
-    if url is None:
+        elif not arg.startswith("-"):
+            read.option("--url", arg)
+    if read.url is None:
         raise ValueError("the curl command has no URL")
-    return _copied(url, method or ("POST" if body else "GET"), headers, body, origin)
+    return _copied(read.url, read.method or ("POST" if read.body else "GET"), read.headers, read.body, origin)
+
+
+@dataclass(slots=True)
+class _Curl:
+    """What :func:`from_curl` has read so far."""
+
+    url: str | None = None
+    method: str | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bool = False
+
+    def option(self, name: str, value: str) -> None:
+        if name in ("-X", "--request"):
+            self.method = value
+        elif name in ("-H", "--header"):
+            header, sep, text = value.partition(":")
+            if not sep:
+                raise ValueError(f"curl header {value!r} is not 'Name: value'")
+            self.headers.append((header.strip(), text.strip()))
+        elif name.startswith(("-d", "--data", "-F", "--form")):
+            self.body = True
+            if name in ("-F", "--form"):
+                self.headers.append(("Content-Type", "multipart/form-data"))
+        elif name == "--url":
+            if self.url is not None:
+                raise ValueError(f"two URLs in the curl command ({self.url!r} and {value!r}); give one")
+            self.url = value
 
 
 def _copied(url: str, method: str, headers: list[tuple[str, str]], body: bool, origin: str | None) -> BrowserRequest:
