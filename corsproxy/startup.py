@@ -15,6 +15,7 @@ from yarl import URL
 
 from .config import Config
 
+ANY_HOSTS = frozenset({"0.0.0.0", "::", ""})  # bind every address, so any port clash is real
 UPSTREAM_PROBE_TIMEOUT = 1.0  # seconds, at most, that start waits for the upstream's TCP handshake
 
 
@@ -25,6 +26,12 @@ def port_problems(config: Config) -> list[str]:
     if config.admin is not None:
         listeners.append(("admin", config.admin.host, config.admin.port,
                           "set admin.port to a free port, or admin: null to run without the admin listener"))
+    admin = config.admin
+    if admin is not None and admin.port == config.listen.port != 0 and (
+            admin.host == config.listen.host or {admin.host, config.listen.host} & ANY_HOSTS):
+        # The file is checked for this (config.py); a --port flag can still make the two meet.
+        return [f"listen.port and admin.port are both {admin.port}; pass another --port, or give admin.port "
+                "another port (default 9901), or admin: null"]
     problems = []
     for key, host, port, fix in listeners:
         why = _bind_problem(host, port)

@@ -492,6 +492,16 @@ async def test_a_port_in_use_is_named_by_its_key_with_the_fix_and_nothing_else_i
         ("error", f"cannot start: {taken}.port {port} on 127.0.0.1 is in use by another process; {fix}")]
 
 
+async def test_a_port_flag_meeting_the_admin_port_is_said_before_anything_binds(spawn, tmp_path, upstream):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    proc = spawn("-c", str(setup.path), "--port", str(setup.admin_port))
+    assert await proc.wait_exit(20) == 3
+    assert [(r["level"], r["message"]) for r in proc.records()] == [
+        ("error", f"cannot start: listen.port and admin.port are both {setup.admin_port}; pass another --port, or "
+                  "give admin.port another port (default 9901), or admin: null")]
+
+
 async def test_an_upstream_that_refuses_connections_is_one_warning_at_start_and_serving_goes_on(spawn, tmp_path):
     from corsproxy.testing import free_port as closed
 
