@@ -192,8 +192,8 @@ def _max_age(config: Config, rule: Rule) -> Iterator[Warning_]:
     if rule.max_age is not None and rule.max_age > CHROMIUM_MAX_AGE:
         yield _field(config, rule, "max_age"), (
             f"{rule.max_age} seconds is over {CHROMIUM_MAX_AGE}; browsers cap a cached preflight (Chromium at "
-            f"{CHROMIUM_MAX_AGE} s, Firefox at 86400 s, Safari at 600 s), so the extra time does nothing in most of "
-            f"them; write {CHROMIUM_MAX_AGE} or less")
+            f"{CHROMIUM_MAX_AGE} s, Firefox at 86400 s, Safari at 600 s, each per URL), so the extra time does "
+            f"nothing in most of them; write {CHROMIUM_MAX_AGE} or less")
 
 
 def _private_network(config: Config, rule: Rule) -> Iterator[Warning_]:

@@ -139,7 +139,7 @@ rules:
     max_age: 7200
 """)
     why = ("86400 seconds is over 7200; browsers cap a cached preflight (Chromium at 7200 s, Firefox at 86400 s, "
-           "Safari at 600 s), so the extra time does nothing in most of them; write 7200 or less")
+           "Safari at 600 s, each per URL), so the extra time does nothing in most of them; write 7200 or less")
     assert warnings == [f"{tmp_path}/c.yaml:3: warning: defaults.max_age: {why}"]
 
 
