@@ -225,8 +225,12 @@ def explain(config: Config, request: BrowserRequest) -> tuple[list[str], int]:
     pre = decide(policy, CorsRequest.from_headers("OPTIONS", path, asked))
     lines = head + _step(config, "1. preflight", "OPTIONS", request.target, pre)
     if pre.verdict != "allowed" and pre.enforce:
-        lines.append(f"2. actual: {request.method} {request.target} is never sent: the browser stops at a failed "
-                     "preflight")
+        if pre.status is None:  # denied_preflight: forward: the upstream's own answer decides
+            lines.append(f"2. actual: {request.method} {request.target} is sent only if the upstream's own answer "
+                         "to the preflight allows it (denied_preflight: forward)")
+        else:
+            lines.append(f"2. actual: {request.method} {request.target} is never sent: the browser stops at a "
+                         "failed preflight")
         return lines, EXIT_DENIED
     lines += _step(config, "2. actual", request.method, request.target, actual)
     return lines, max(_code(pre), _code(actual))

@@ -265,6 +265,19 @@ def test_explain_says_what_it_cannot_read_and_exits_2(tmp_path: Path, config_fil
     assert (result.returncode, result.stdout, result.stderr.splitlines()) == (2, "", [message])
 
 
+def test_explain_a_denied_preflight_passed_on_leaves_the_actual_request_to_the_upstream(tmp_path: Path) -> None:
+    path = tmp_path / "forward.yaml"
+    path.write_text("upstream: {url: 'http://127.0.0.1:9000'}\nrules:\n  - name: legacy\n"
+                    "    allow_origins: ['https://a.example']\n    denied_preflight: forward\n")
+    result = run("explain", "-c", str(path), "--origin", "https://a.example", "--method", "DELETE", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[-3:] == [
+        "response: forwarded; the upstream's response gets these CORS headers:",
+        f"  Vary: {PV}",
+        "2. actual: DELETE / is sent only if the upstream's own answer to the preflight allows it (denied_preflight: "
+        "forward)"]
+
+
 def test_explain_says_what_keep_does_with_the_upstreams_headers(tmp_path: Path) -> None:
     path = tmp_path / "keep.yaml"
     path.write_text("upstream: {url: 'http://127.0.0.1:9000'}\nrules:\n  - name: legacy\n"
