@@ -26,6 +26,9 @@ HOP_BY_HOP = frozenset(
 # nginx ignores such tokens rather than honour them (lowercase).
 FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 CORS_RESPONSE_PREFIX = "access-control-"
+# The Server header of every response the proxy makes itself: its name, no versions (nothing to look up in a CVE
+# list), not aiohttp's "Python/3.11 aiohttp/3.x". Relayed responses keep the upstream's own.
+SERVER = "corsproxy"
 # RFC 9110 §5.6.2 token
 TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 

@@ -104,5 +104,9 @@ class AccessLog:
         extra = f' reason="{d.reason}"' if denied else ""
         if ex.upstream_error:
             extra += f" upstream_error={ex.upstream_error}"
+        kept = getattr(ex, "upstream_cors", None)
+        if kept is not None:  # upstream_cors: keep kept the upstream's CORS headers or replaced them, and why
+            fields["upstream_cors"], fields["upstream_cors_reason"] = kept
+            extra += f' upstream_cors={kept[0]} upstream_cors_reason="{kept[1]}"'
         log.info(_TEXT, ex.client, ex.method, ex.path, ex.status, ex.bytes_out, ex.duration * 1000, d.rule_name,
                  verdict, fields["origin"], extra, extra={"access": fields})

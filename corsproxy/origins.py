@@ -7,7 +7,8 @@ A configured ``allow_origins`` list is classified once, at load, into an
 canonical origins, label wildcards, any-port hosts and compiled regexes, so that a
 request only pays for a dict lookup in the common case.
 
-Pure module: stdlib only, raises ``ValueError`` with a message that names the fix.
+Pure module: stdlib only (and the Public Suffix List, read offline from the ``publicsuffixlist`` package),
+raises ``ValueError`` with a message that names the fix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from publicsuffixlist import PublicSuffixList
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 WILDCARD_SCHEMES = frozenset({"http", "https"})
@@ -250,3 +253,32 @@ def compile_regex_entry(entry: dict[str, str]) -> re.Pattern[str]:
         raise ValueError(
             f"regex {entry['regex']!r} does not compile: {exc}; fix the pattern (Python re syntax)"
         ) from None
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # ICANN and private sections (github.io, herokuapp.com); a name on no list (localhost, corp) is not public.
+    return PublicSuffixList(accept_unknown=False)
+
+
+def public_suffix_wildcard(host: str) -> bool:
+    """Whether ``*.host`` admits sites anyone can register: ``host`` is a public suffix of the Public Suffix
+    List (``com``, ``co.uk``, ``github.io``, ``herokuapp.com``), where every subdomain is someone else's."""
+    return _public_suffixes().is_public(host.lower().rstrip("."))
+
+
+def registrable_domain(host: str) -> str | None:
+    """``example.co.uk`` for ``a.b.example.co.uk`` (one site under a public suffix); None for a public suffix
+    itself, an IP address, a single label or a name on no list."""
+    bare = host.lower().rstrip(".")
+    if bare.startswith("[") or "." not in bare or _is_ip(bare):
+        return None
+    return _public_suffixes().privatesuffix(bare)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -19,19 +19,17 @@ Safety (the point of the command):
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import yaml
 
 from .config import ANY, Config, Rule, parse
 from .headers import TOKEN_RE
-from .origins import parse_origin
+from .origins import parse_origin, public_suffix_wildcard, registrable_domain
 
 FIELDS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers")
 MIN_SUBDOMAINS = 3  # design §2: a wildcard is offered after three distinct subdomains of one domain
@@ -227,32 +225,6 @@ def _label(rule: Rule) -> str:
 # ---------------------------------------------------------------------- wildcards, never over a public suffix
 
 
-@lru_cache(maxsize=1)
-def _psl() -> Any:
-    from publicsuffixlist import PublicSuffixList  # the list ships with the package: no network
-
-    return PublicSuffixList()
-
-
-def registrable_domain(host: str) -> str | None:
-    """``example.co.uk`` for ``a.b.example.co.uk``; None for a public suffix itself, an IP or a single label."""
-    if host.startswith("[") or _is_ip(host) or "." not in host.strip("."):
-        return None
-    return _psl().privatesuffix(host.rstrip("."))
-
-
-def is_public_suffix(domain: str) -> bool:
-    return bool(_psl().is_public(domain.strip(".")))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _alternative(change: Change) -> Note | None:
     groups: dict[tuple[str, int | None, str], list[str]] = {}
     public: dict[str, list[str]] = {}
@@ -274,7 +246,7 @@ def _alternative(change: Change) -> Note | None:
             continue
         parent = _common_parent(hosts, domain)
         # SECURITY: the parent is the registrable domain or under it, never a public suffix.
-        if is_public_suffix(parent):
+        if public_suffix_wildcard(parent):
             continue
         wildcard = f"{scheme}://*.{parent}" + (f":{port}" if port is not None else "")
         return Note(f"{_label(change.rule)}.allow_origins: instead of the {len(hosts)} origins under {parent}, "

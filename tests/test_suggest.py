@@ -20,7 +20,8 @@ from corsproxy.admin import AdminState, build_admin
 from corsproxy.app import build_app
 from corsproxy.cli import main
 from corsproxy.decisions import DecisionLog
-from corsproxy.suggest import Seen, plan, registrable_domain
+from corsproxy.origins import registrable_domain
+from corsproxy.suggest import Seen, plan
 from tests.conftest import ProxyTestServer
 
 APP = "https://app.example.com"
@@ -127,6 +128,12 @@ CASES = [
                     APP_TOP + "-    allow_methods: [GET, POST]\n+    allow_methods: [GET, POST, DELETE]\n"
                     "     allow_credentials: true\n"),
         id="method"),
+    pytest.param(
+        [("PUT", "/orders", {"Origin": APP})],  # an actual request whose method the rule does not list
+        HEAD + hunk("-20,5 +20,5", "rules[2] (app): add 1 method",
+                    APP_TOP + "-    allow_methods: [GET, POST]\n+    allow_methods: [GET, POST, PUT]\n"
+                    "     allow_credentials: true\n"),
+        id="actual-request-method"),
     pytest.param(
         [("OPTIONS", "/orders", {"Origin": APP, PRE: "POST", HDRS: "content-type,x-token"})],
         HEAD + hunk("-22,3 +22,4", "rules[2] (app): add 2 headers",
