@@ -16,7 +16,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from yarl import URL
 
-from .config import Config, describe
+from .config import RESTART_ONLY, Config, describe
+from .decisions import DEFAULT_REFRESH
+from .headers import SERVER
 
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the upstream's TCP handshake at most
 
@@ -31,20 +33,44 @@ class AdminState:
         self.decisions = decisions  # -> an object with to_json() and, optionally, render_html()
         self.before_scrape = before_scrape  # brings the registry up to date (Metrics.publish)
         self.draining = False
+        self.started = config()  # the config at start: listen, admin and the pool keep its values until restart
 
 
 ADMIN_KEY = web.AppKey("admin", AdminState)
 
 
+# The index at "/": every endpoint with what it answers.
+ENDPOINTS = (
+    ("/healthz", "200 while the process runs (liveness)"),
+    ("/readyz", "200 when the upstream accepts a connection, else 503; 503 while draining (readiness)"),
+    ("/metrics", "Prometheus text format"),
+    ("/config", "the config in force as JSON, and what waits for a restart"),
+    ("/decisions", "the last CORS decisions that were not plain allows, with their reasons (JSON with "
+                   "Accept: application/json)"),
+)
+
+
 def build_admin(state: AdminState) -> web.Application:
     app = web.Application()
     app[ADMIN_KEY] = state
+    app.on_response_prepare.append(name_server)
+    app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/config", config)
     app.router.add_get("/decisions", decisions)
     return app
+
+
+async def name_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER  # not aiohttp's "Python/3.x aiohttp/3.x": no versions to a stranger
+
+
+async def index(request: web.Request) -> web.Response:
+    items = "".join(f'<li><a href="{path}">{path}</a>: {escape(what)}</li>' for path, what in ENDPOINTS)
+    return web.Response(text="<!doctype html><html lang=en><meta charset=utf-8><title>corsproxy admin</title>"
+                        f"<h1>corsproxy admin</h1><ul>{items}</ul></html>\n", content_type="text/html")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -89,10 +115,32 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def config(request: web.Request) -> web.Response:
-    data = describe(request.app[ADMIN_KEY].config())
+    state = request.app[ADMIN_KEY]
+    data = in_force(state.started, state.config())
     data["upstream"]["url"] = _hide_password(data["upstream"]["url"])
     # TLS cert/key appear as paths (from describe); their contents are never read here.
     return web.json_response(data, dumps=lambda d: json.dumps(d, indent=2))
+
+
+def in_force(started: Config, current: Config) -> dict[str, Any]:
+    """The config as it runs: what a reload changed, but the settings read at start only (``RESTART_ONLY``)
+    keep their values in force, and the reloaded values are listed under ``pending_restart``."""
+    data, loaded = describe(current), describe(started)
+    pending: dict[str, Any] = {}
+    for dotted in RESTART_ONLY:
+        *parents, key = dotted.split(".")
+        now, then = data, loaded
+        for part in parents:
+            now, then = now[part], then[part]
+        if now[key] == then[key]:
+            continue
+        if isinstance(now[key], dict) and isinstance(then[key], dict):  # name each changed key of a section
+            pending.update({f"{dotted}.{k}": v for k, v in now[key].items() if v != then[key].get(k)})
+        else:
+            pending[dotted] = now[key]
+        now[key] = then[key]
+    data["pending_restart"] = pending
+    return data
 
 
 def _hide_password(url: str) -> str:
@@ -101,12 +149,34 @@ def _hide_password(url: str) -> str:
 
 
 async def decisions(request: web.Request) -> web.Response:
-    source = await request.app[ADMIN_KEY].decisions()
+    state = request.app[ADMIN_KEY]
+    source = await state.decisions()
+    running = state.config()
+    suggest = _suggester(running) if running is not None else None
     if "application/json" in request.headers.get("Accept", ""):
-        return web.json_response(source.to_json())
+        data = source.to_json()
+        for entry in data.get("entries", []) if suggest is not None else ():
+            entry["suggestion"] = suggest(entry)
+        return web.json_response(data)
     render = getattr(source, "render_html", None)
-    html = render() if render is not None else plain_html(source.to_json())
+    if render is None:
+        return web.Response(text=plain_html(source.to_json()), content_type="text/html")
+    query = request.query
+    refresh = query.get("refresh", "")
+    html = render(rule=query.get("rule") or None, verdict=query.get("verdict") or None,
+                  refresh=min(int(refresh), 3600) if refresh.isdigit() else DEFAULT_REFRESH, suggest=suggest)
     return web.Response(text=html, content_type="text/html")
+
+
+def _suggester(config: Config) -> Callable[[dict[str, Any]], str]:
+    """Each /decisions entry's change as ``corsproxy suggest`` would make it (design §5)."""
+    from . import suggest  # the public suffix list is loaded on first use, not at startup
+
+    def one(entry: dict[str, Any]) -> str:
+        [seen] = suggest.from_decisions({"entries": [entry]})
+        return suggest.suggestion_for(config, seen)
+
+    return one
 
 
 def plain_html(data: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from .proxy import (
     client_ssl,
     handle,
     keep_untyped,
+    name_server,
 )
 
 
@@ -35,6 +36,7 @@ def build_app(config: Config, *, observers: Iterable[Observer] = (),
     app[POOLS_KEY] = {}
     app.cleanup_ctx.append(_client_session)
     app.on_response_prepare.append(keep_untyped)
+    app.on_response_prepare.append(name_server)
     app._router = CatchAllRouter(handle)  # the router= argument is deprecated; the attribute is not
     return app
 

@@ -24,7 +24,9 @@ from typing import Any, Literal
 import yaml
 from yarl import URL
 
+from .config_sources import merge_sources, read_source
 from .headers import TOKEN_RE
+from .origin_sources import OriginSource, is_source
 from .origins import IndexedError, OriginSet, compile_origins
 from .paths import PathSet, compile_paths
 
@@ -35,9 +37,12 @@ DisallowedOrigin = Literal["forward", "reject"]
 Mode = Literal["enforce", "report-only"]
 UpstreamCors = Literal["replace", "keep"]
 DeniedPreflight = Literal["reject", "forward"]
+ResourcePolicy = Literal["same-site", "same-origin", "cross-origin"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG_PATH = "config.yaml"
+# Read once at start (listeners, the upstream pool): a reload that changes them waits for a restart.
+RESTART_ONLY = ("listen", "admin", "upstream.max_connections", "upstream.tls_verify", "upstream.ca_file")
 # Methods a browser uppercases whatever the page wrote (Fetch "normalize a method").
 NORMALIZED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 ANY = ("*",)
@@ -47,10 +52,13 @@ _ANY_HOSTS = frozenset({"0.0.0.0", "::", ""})  # bind every address, so any port
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE_RE = re.compile(r"\s*([0-9]+)\s*(B|KiB|MiB|GiB)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_USERINFO_RE = re.compile(r"[a-z][a-z0-9+.\-]*://([^/?#]*)@", re.IGNORECASE)
 
 
 class ConfigError(Exception):
     """A config that cannot be used; ``issues`` holds one ``FILE:LINE:COL: field: message`` each."""
+
+    files: tuple[str, ...] = ()  # the origin files the failed load read: a reload watches them too
 
     def __init__(self, issues: list[str]) -> None:
         super().__init__("\n".join(issues))
@@ -128,10 +136,12 @@ class Rule:
     max_age: int | None = 600
     allow_private_network: bool = False
     timing_allow_origin: bool = False
+    cross_origin_resource_policy: ResourcePolicy | None = None
     disallowed_origin: DisallowedOrigin = "forward"
     mode: Mode = "enforce"
     upstream_cors: UpstreamCors = "replace"
     denied_preflight: DeniedPreflight = "reject"
+    origin_sources: tuple[OriginSource, ...] = ()  # its {file:} and {env:} entries, read
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +157,16 @@ class Config:
     sha256: str = ""
     # "rules[1].allow_origins[0]" -> (line, column), 1-based; for lint warnings.
     marks: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    origin_files: tuple[str, ...] = ()  # the {file:} origin lists it read, watched for changes like the config
 
 
 # --------------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and check a config file; raises :class:`ConfigError` listing every problem."""
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, upstream: str | None = None) -> Config:
+    """Read and check a config file; raises :class:`ConfigError` listing every problem.
+
+    ``upstream`` (``--upstream``) stands in for an ``upstream.url`` the file does not have."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -162,25 +175,61 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         ) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the config file is not UTF-8 text; save it as UTF-8"]) from None
-    return parse(text, str(path), os.environ if env is None else env)
+    return parse(text, str(path), os.environ if env is None else env, upstream=upstream)
 
 
-def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> Config:
+def parse(text: str, source: str = "<string>", env: Mapping[str, str] | None = None, *,
+          upstream: str | None = None) -> Config:
     """Check a config given as YAML text; ``source`` names it in messages."""
     reader = _Reader(source, os.environ if env is None else env)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}: YAML syntax: {problem}; check indentation and quoting there"]) from None
+        raise ConfigError([_syntax_error(exc, text, source)]) from None
     data = reader.value(node, "") if node is not None else {}
+    if upstream is not None and isinstance(data, dict):
+        try:
+            _stand_in(data, _upstream_url(upstream))
+        except ValueError as exc:  # the flag's own error, before the file's (with_overrides words it the same)
+            reader.issues.append(((0, 0), f"--upstream: {exc}"))
     config = reader.build(data)
     if reader.issues:
-        raise ConfigError([text for _, text in sorted(reader.issues, key=lambda issue: issue[0])])
+        error = ConfigError([text for _, text in sorted(reader.issues, key=lambda issue: issue[0])])
+        error.files = tuple(reader.files)
+        raise error
     assert config is not None
-    return dataclasses.replace(config, sha256=hashlib.sha256(text.encode()).hexdigest())
+    digest = hashlib.sha256(text.encode())
+    for data_read in reader.files.values():  # an edit of an origin file is a new config too
+        digest.update(b"\0" + data_read)
+    return dataclasses.replace(config, sha256=digest.hexdigest(), origin_files=tuple(reader.files))
+
+
+def _syntax_error(exc: yaml.YAMLError, text: str, source: str) -> str:
+    """``FILE:LINE:COL: YAML syntax: ...`` where the mistake is. An unclosed ``[``, ``{`` or quote is noticed at
+    the next token, often the next line: then the end of the line before it is where the closer is missing."""
+    mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context", None) or ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"{source}: YAML syntax: {problem}; check indentation and quoting"
+    line, column = mark.line, mark.column
+    lines = text.splitlines()
+    before = lines[line][:column] if line < len(lines) else ""
+    opened = getattr(exc, "context_mark", None)
+    if ("flow" in context or "quoted" in context) and not before.strip() and opened is not None:
+        previous = next((i for i in range(line - 1, opened.line - 1, -1) if lines[i].strip()), None)
+        if previous is not None:
+            line, column = previous, len(lines[previous].rstrip())
+            problem += f" ({context} opened at line {opened.line + 1}, column {opened.column + 1})"
+    return f"{source}:{line + 1}:{column + 1}: YAML syntax: {problem}; check indentation and quoting there"
+
+
+def _stand_in(data: dict[str, Any], upstream: str) -> None:
+    """``--upstream`` for a file without ``upstream.url`` (applied over one it has by :func:`with_overrides`)."""
+    section = data.setdefault("upstream", {})
+    if section is None:
+        section = data["upstream"] = {}
+    if isinstance(section, dict):
+        section.setdefault("url", upstream)
 
 
 def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
@@ -287,12 +336,20 @@ def _size(v: Any) -> int | None:
 def _file(v: Any) -> str:
     path = _str(v)
     if not os.access(path, os.R_OK):
-        raise ValueError(f"cannot read file {path!r}; give a path that exists and is readable")
+        raise ValueError(f"cannot read file {path!r}; give a path that exists and is readable (a relative path is "
+                         "taken from the config file's folder)")
     return path
 
 
 def _upstream_url(v: Any) -> str:
     text = _str(v)
+    if m := _USERINFO_RE.match(text):
+        # SECURITY: the message never repeats the password (it goes to stderr and to the log on reload).
+        user = m[1].partition(":")[0]
+        shown = f"{text[:m.start(1)]}{user}{':***' if ':' in m[1] else ''}@{text[m.end():]}"
+        raise ValueError(f"{shown!r} carries a user name and password; corsproxy does not authenticate to the "
+                         f"upstream and would never send them: remove '{user}:...@' (let the upstream trust the "
+                         "proxy's network, or have the client send its own Authorization header)")
     try:
         url = URL(text)
     except ValueError as exc:
@@ -369,6 +426,7 @@ class _Field:
     default: Any = None
     required: bool = False
     example: str = ""  # for a required field's message
+    path: bool = False  # a file path: relative to the config file's folder (design §2)
 
 
 def _env_default(env: Mapping[str, str], name: str) -> str:
@@ -382,8 +440,8 @@ _LISTEN = {
     "trusted_proxies": _Field(_networks, ()),
     "drain_timeout": _Field(_number(), 10.0),
 }
-_TLS = {"cert": _Field(_file, required=True, example="cert.pem (the PEM certificate chain)"),
-        "key": _Field(_file, required=True, example="key.pem (the PEM private key)")}
+_TLS = {"cert": _Field(_file, required=True, example="cert.pem (the PEM certificate chain)", path=True),
+        "key": _Field(_file, required=True, example="key.pem (the PEM private key)", path=True)}
 _UPSTREAM = {
     "url": _Field(_upstream_url, required=True, example="http://127.0.0.1:9000 (the API behind the proxy)"),
     "host_header": _Field(_choice("upstream", "preserve"), "upstream"),
@@ -391,7 +449,7 @@ _UPSTREAM = {
     "read_timeout": _Field(_number(0.001), 60.0),
     "max_connections": _Field(_int(1, 100_000), 100),
     "tls_verify": _Field(_bool, True),
-    "ca_file": _Field(_optional(_file)),
+    "ca_file": _Field(_optional(_file), path=True),
     "forwarded_headers": _Field(_bool, True),
     "rewrite_location": _Field(_bool, True),
 }
@@ -417,6 +475,7 @@ _RULE_FIELDS = {
     "max_age": _Field(_optional(_int(0, 2**31 - 1)), 600),
     "allow_private_network": _Field(_bool, False),
     "timing_allow_origin": _Field(_bool, False),
+    "cross_origin_resource_policy": _Field(_optional(_choice("same-site", "same-origin", "cross-origin"))),
     "disallowed_origin": _Field(_choice("forward", "reject"), "forward"),
     "mode": _Field(_choice("enforce", "report-only"), "enforce"),
     "upstream_cors": _Field(_choice("replace", "keep"), "replace"),
@@ -454,6 +513,14 @@ class _Reader:
         self._open: set[int] = set()  # ids of the lists and mappings being read, to stop alias loops
         self._constructor = yaml.constructor.SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
+        self.files: dict[str, bytes] = {}  # origin file -> its content, in the order first read
+        self.sources: dict[str, tuple[OriginSource, ...]] = {}  # "rules[1].allow_origins" -> its sources
+
+    def relative(self, value: Any) -> Any:
+        """A file path from the config, taken from the config file's folder unless absolute."""
+        if not isinstance(value, str) or not value or os.path.isabs(value) or self.source.startswith("<"):
+            return value
+        return os.path.normpath(os.path.join(os.path.dirname(self.source), value))
 
     # -- positions and messages
 
@@ -579,7 +646,7 @@ class _Reader:
         for key, spec in schema.items():
             sub = f"{path}.{key}" if path else key
             if key in data:
-                out[key] = self.field(spec, data[key], sub)
+                out[key] = self.field(spec, self.relative(data[key]) if spec.path else data[key], sub)
             elif defaults is not None and key in defaults:
                 out[key] = defaults[key]
             elif spec.required:
@@ -609,7 +676,8 @@ class _Reader:
             if key not in _TOP:
                 self.error(key, f"unknown key '{key}'{_did_you_mean(key, _TOP)}; allowed: {', '.join(_TOP)}")
         if "upstream" not in data:
-            self.error("upstream", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000}")
+            self.error("upstream", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000} "
+                                   "(or pass --upstream URL)")
         parts = {
             "listen": self.listen(data.get("listen")),
             "upstream": self.section(data.get("upstream"), "upstream", _UPSTREAM) if "upstream" in data else None,
@@ -673,10 +741,13 @@ class _Reader:
             return ()
         built = [self.rule(r, i, given_defaults) for i, r in enumerate(rules)]
         names: dict[str, int] = {}
-        for rule in built:
-            if rule is not None and names.setdefault(rule.name, rule.index) != rule.index:
-                self.error(f"rules[{rule.index}].name",
-                           f"rule name '{rule.name}' is already used by rules[{names[rule.name]}]; names must differ")
+        # From the file, not from the rules that built: a duplicate is reported along with every other error.
+        for index, raw in enumerate(rules):
+            name = raw.get("name") if isinstance(raw, dict) else None
+            name = name if isinstance(name, str) else f"rules[{index}]"
+            if names.setdefault(name, index) != index:
+                self.error(f"rules[{index}].name",
+                           f"rule name '{name}' is already used by rules[{names[name]}]; names must differ")
         return tuple(r for r in built if r is not None)
 
     def rule(self, data: Any, index: int, defaults: Mapping[str, Any]) -> Rule | None:
@@ -702,8 +773,9 @@ class _Reader:
         if _BAD in out.values() or paths is None or origin_set is None:
             return None
         fields = {k: v for k, v in out.items() if k not in ("name", "paths", "allow_origins")}
+        sources = self.sources.get(f"{path}.allow_origins", self.sources.get("defaults.allow_origins", ()))
         return Rule(name=out["name"] or path, index=index, paths=paths, origins=origin_set,
-                    allow_origins=origins_raw, **fields)
+                    allow_origins=origins_raw, origin_sources=sources, **fields)
 
     def paths(self, value: Any, path: str) -> PathSet | None:
         if value is None:
@@ -730,7 +802,13 @@ class _Reader:
             self.error(path, _EMPTY_HINTS["allow_origins"])
             return _BAD
         ok = True
+        sources: list[OriginSource] = []
         for i, item in enumerate(value):
+            if is_source(item):
+                source = read_source(self, item, f"{path}[{i}]", i)
+                ok = ok and source is not None
+                sources.extend([source] if source is not None else [])
+                continue
             try:
                 if not isinstance(item, str | dict):
                     hint = " (an unquoted null is YAML's empty value: write 'null' in quotes)" if item is None else ""
@@ -739,7 +817,13 @@ class _Reader:
             except ValueError as exc:
                 self.error(f"{path}[{i}]", str(exc))
                 ok = False
-        return (tuple(value), compile_origins(value)) if ok else _BAD
+        if not ok:
+            return _BAD
+        if not sources:
+            return tuple(value), compile_origins(value)
+        self.sources[path] = tuple(sources)
+        inline = compile_origins([item for item in value if not is_source(item)])
+        return tuple(value), merge_sources(inline, sources)
 
 
 def describe(config: Config) -> dict[str, Any]:
@@ -747,7 +831,7 @@ def describe(config: Config) -> dict[str, Any]:
 
     def plain(obj: Any) -> Any:
         if isinstance(obj, Rule):
-            skip = {"paths", "origins", "index"}
+            skip = {"paths", "origins", "index", "origin_sources"}
             out = {"name": obj.name, "paths": list(obj.paths.patterns)}
             out.update({f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip
                         and f.name != "name"})

@@ -26,12 +26,13 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, RawRequestMessage
+from aiohttp.http import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import splice
 from .guard import FastAnswer, GuardedHandler, abort
+from .headers import SERVER
 from .paths import BadPath, decode_path
 from .policy import CorsRequest, Decision, decide, finish, respond_headers
 from .proxy import (
@@ -198,7 +199,7 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
 
 async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: Exchange,
                  upstream: UpstreamResponse) -> None:
-    headers = relay_headers(request, snap, ex.decision, upstream.headers)
+    headers = relay_headers(request, snap, ex, upstream.headers)
     status = ex.status = upstream.status
     has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
     whole = upstream.whole_body() if has_body else b""
@@ -256,7 +257,7 @@ def _head(snap: Snapshot, decision: Decision | None, status: int, reason: str, h
         headers["Content-Length"] = str(len(body))
     if date:
         headers.setdefault("Date", rfc822_formatted_time())
-    headers.setdefault("Server", SERVER_SOFTWARE)
+    headers.setdefault("Server", SERVER)
     lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{name}: {value}\r\n" for name, value in headers.items())]
     return "".join(lines).encode("utf-8", "surrogateescape")
 

@@ -46,7 +46,7 @@ from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from .headers import names_framing
+from .headers import lowered_tokens, names_framing
 
 log = logging.getLogger("corsproxy")
 
@@ -82,8 +82,8 @@ class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark", "_answering", "_min_rate",
-                 "_body_active", "_body_tick", "_body_mark", "_wait_since", "_wait_acked", "_write_timer")
+                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark", "_after_chunked", "_answering",
+                 "_min_rate", "_body_active", "_body_tick", "_body_mark", "_wait_since", "_wait_acked", "_write_timer")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
                  min_data_rate: float | None = None, fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
@@ -106,6 +106,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._quiet = False
         self._head_bytes = 0
         self._rx = self._rx_mark = 0  # bytes received; at most where the next request's head began
+        self._after_chunked = False  # a chunked request came: nothing after it on this connection is served
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -171,6 +172,16 @@ class GuardedHandler(web_protocol.RequestHandler):
             msg, payload = self._messages[i]
             if not isinstance(msg, RawRequestMessage):
                 continue
+            if self._after_chunked:
+                self._drop_from(i)
+                return
+            if msg.chunked:
+                # SECURITY: aiohttp's C parser (3.14.5) adds a chunked body's trailer fields to the headers of
+                # the next request on the connection. Nothing after a chunked request is served: the connection
+                # closes after its response (RFC 9112 §9.6), and a client retries what was left unanswered.
+                self._after_chunked = True
+                msg = msg._replace(should_close=True)
+                self._messages[i] = (msg, payload)
             status, problem = _framing_problem(msg, sized)
             if problem is not None:
                 # Handled like any other parse error: aiohttp's error response and a closed connection.
@@ -179,6 +190,14 @@ class GuardedHandler(web_protocol.RequestHandler):
                 self._body_active, self._body_tick, self._body_mark = 0.0, self._loop.time(), 0
                 self._body_timer = self._loop.call_later(min(RATE_TICK, self._body_timeout), self._check_body,
                                                          payload)
+
+    def _drop_from(self, index: int) -> None:
+        """Discard the queued messages from ``index`` on, unanswered (they are read, so the parser's count of
+        messages in flight is given back as aiohttp's loop does)."""
+        while len(self._messages) > index:
+            self._messages.pop()
+            if self._parser is not None:
+                self._parser.message_consumed()
 
     def _answer_fast(self) -> None:
         """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
@@ -451,8 +470,13 @@ def bytes_acked(transport: asyncio.BaseTransport) -> int | None:
 def _framing_problem(msg: RawRequestMessage, sized: bool) -> tuple[int, str | None]:
     if msg.version < HttpVersion10:
         return 400, "HTTP/0.9 request (no HTTP version in the request line) is not supported"
+    if msg.version > HttpVersion11:
+        return 400, f"HTTP/{msg.version.major}.{msg.version.minor} request line (this listener serves HTTP/1.0 and 1.1)"
     if msg.version == HttpVersion10 and "Transfer-Encoding" in msg.headers:
         return 400, "Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 section 6.1)"
+    if "Transfer-Encoding" in msg.headers and lowered_tokens(msg.headers.getall("Transfer-Encoding")) != ["chunked"]:
+        # SECURITY: the proxy decodes chunked only; another coding would reach the upstream undecoded (nginx: 501).
+        return 400, "Transfer-Encoding other than 'chunked' is not supported"
     if "Connection" in msg.headers and (named := names_framing(msg.headers.getall("Connection"))):
         # SECURITY: dropping a header Connection lists would unframe the body (request smuggling).
         return 400, f"Connection names {', '.join(named)}: a request may not ask to drop its own framing or Host"

@@ -26,6 +26,9 @@ HOP_BY_HOP = frozenset(
 # nginx ignores such tokens rather than honour them (lowercase).
 FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 CORS_RESPONSE_PREFIX = "access-control-"
+# The Server header of every response the proxy makes itself: its name, no versions (nothing to look up in a CVE
+# list), not aiohttp's "Python/3.11 aiohttp/3.x". Relayed responses keep the upstream's own.
+SERVER = "corsproxy"
 # RFC 9110 §5.6.2 token
 TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -37,14 +40,19 @@ def split_tokens(value: str) -> list[str]:
 
 def hop_by_hop(connection_values: Iterable[str]) -> frozenset[str]:
     """Hop-by-hop names for one message: the fixed set plus what ``Connection`` lists."""
-    listed = {name.lower() for value in connection_values for name in split_tokens(value)}
+    listed = set(lowered_tokens(connection_values))
     return HOP_BY_HOP | listed if listed else HOP_BY_HOP
+
+
+def lowered_tokens(values: Iterable[str]) -> list[str]:
+    """The items of a header that may repeat, in order, lowercased: ``["Close, X", "y"]`` -> ``["close", "x", "y"]``."""
+    return [name.lower() for value in values for name in split_tokens(value)]
 
 
 def names_framing(connection_values: Iterable[str]) -> list[str]:
     """The :data:`FRAMING` names a message's ``Connection`` values list (``"close, Content-Length"`` ->
     ``["content-length"]``); empty when it lists none."""
-    return sorted({name.lower() for value in connection_values for name in split_tokens(value)} & FRAMING)
+    return sorted(set(lowered_tokens(connection_values)) & FRAMING)
 
 
 def merge_vary(existing: Iterable[str], add: Iterable[str]) -> str:

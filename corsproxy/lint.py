@@ -8,21 +8,21 @@ it where the pattern has an unescaped ``.`` (one character becomes ``X``) or a `
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import re._parser as sre  # the stdlib's own regex parser (sre_parse warns on import since 3.11)
 from collections.abc import Callable, Iterator
 
 from .config import ANY, Config, Rule
-from .origins import parse_origin, parse_wildcard
+from .origins import parse_origin, parse_wildcard, public_suffix_wildcard
 
-CHROMIUM_MAX_AGE = 7200  # Chromium caps Access-Control-Max-Age at 2 hours (Firefox at 24 h)
+CHROMIUM_MAX_AGE = 7200  # Chromium caps Access-Control-Max-Age at 2 hours, Firefox at 24 h, Safari at 10 min
+# (WebKit CrossOriginPreflightResultCache.cpp); each browser caches per URL, so each path preflights on its own.
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 PRIVATE_SEGMENTS = frozenset({"admin", "internal", "private", "debug", "actuator", "management", "manage",
                               "console", "ops", "_internal", "superuser", "backoffice"})
 _HTTP_HOST_RE = re.compile(r"http://(?:\*\.)?([^:/]+)", re.I)
-# Second-level labels registries hand out to the public (co.uk, com.au, ...): "*.co.uk" is anyone's.
-PUBLIC_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go"})
 _MAX_PATH_SAMPLES = 64
 
 Warning_ = tuple[str, str]  # (field path as in config errors, why)
@@ -32,7 +32,23 @@ def lint(config: Config) -> list[str]:
     """Every warning for ``config``, in file order."""
     found = [(_line(config, path), path, why) for rule in config.rules for path, why in _rule_warnings(config, rule)]
     found.sort(key=lambda item: item[0])
-    return [f"{config.source}:{line}: warning: {path}: {why}" for line, path, why in found]
+    return [f"{config.source}:{line}: warning: {path}: {why}" for line, path, why in found] + _source_warnings(config)
+
+
+def _source_warnings(config: Config) -> list[str]:
+    """The origin checks on {file:} and {env:} entries, each naming the file and line (or the variable)."""
+    out = []
+    for rule in config.rules:
+        field = _field(config, rule, "allow_origins")
+        for source in rule.origin_sources:
+            as_listed = dataclasses.replace(rule, allow_origins=source.entries)
+            for where, why in _origins(config, as_listed):
+                i = int(where[where.rindex("[") + 1:-1])
+                line = _line(config, f"{field}[{source.index}]")
+                place = source.where(i) if source.kind == "file" else f"{config.source}:{line}"
+                detail = "" if source.kind == "file" else f" (${source.path} entry {source.lines[i]})"
+                out.append(f"{place}: warning: {field}[{source.index}]{detail}: {why}")
+    return out
 
 
 def _line(config: Config, path: str) -> int:
@@ -51,7 +67,7 @@ def _field(config: Config, rule: Rule, name: str) -> str:
 
 def _rule_warnings(config: Config, rule: Rule) -> Iterator[Warning_]:
     checks: tuple[Callable[[Config, Rule], Iterator[Warning_]], ...] = (
-        _origins, _max_age, _star_with_credentials, _shadowed, _star_on_private_paths)
+        _origins, _max_age, _private_network, _star_with_credentials, _shadowed, _star_on_private_paths)
     for check in checks:
         yield from check(config, rule)
 
@@ -73,18 +89,15 @@ def _origins(config: Config, rule: Rule) -> Iterator[Warning_]:
         elif isinstance(entry, str) and "*." in entry and _public_suffix_wildcard(entry):
             yield where, (f"{entry!r} admits every site under a public suffix: anyone can register one and read "
                           "your API from it; name your own domain, e.g. 'https://*.example.com'")
-        elif not isinstance(entry, str):
+        elif isinstance(entry, dict) and "regex" in entry:
             why = regex_overreach(entry["regex"])
             if why:
                 yield where, why
 
 
 def _public_suffix_wildcard(entry: str) -> bool:
-    """``https://*.com``, ``https://*.co.uk``: a label wildcard whose suffix is not one organisation's."""
-    labels = parse_wildcard(entry).suffix.lstrip(".").split(".")
-    if labels == ["localhost"]:
-        return False
-    return len(labels) == 1 or (len(labels) == 2 and labels[0] in PUBLIC_SECOND_LEVEL)
+    """``https://*.com``, ``https://*.co.uk``, ``https://*.github.io``: a label wildcard over a public suffix."""
+    return public_suffix_wildcard(parse_wildcard(entry).suffix.lstrip("."))
 
 
 def _is_remote_http(entry: str) -> bool:
@@ -112,7 +125,10 @@ def regex_overreach(pattern: str) -> str | None:
                 continue
             tail = re.split(r"[:/]", _sample(tree, {site: "\x00"}).split("\x00", 1)[1], maxsplit=1)[0].lower()
             if kind == "span" and tail.startswith(".") and origin.host.endswith(tail):
-                continue  # more labels under the same fixed parent domain: what a label wildcard means
+                if not public_suffix_wildcard(tail.lstrip(".")):
+                    continue  # more labels under one fixed parent domain: what a label wildcard means
+                return (f"regex '{pattern}' also admits '{mutant}': {tail.lstrip('.')} is a public suffix, where "
+                        "anyone can get a subdomain; match your own names under it")
             return f"regex '{pattern}' also admits '{mutant}': {_WHY[kind]}"
     return None
 
@@ -192,8 +208,17 @@ def _class_member(items: list) -> str:
 def _max_age(config: Config, rule: Rule) -> Iterator[Warning_]:
     if rule.max_age is not None and rule.max_age > CHROMIUM_MAX_AGE:
         yield _field(config, rule, "max_age"), (
-            f"{rule.max_age} seconds is over {CHROMIUM_MAX_AGE}; Chromium caps a cached preflight at "
-            f"{CHROMIUM_MAX_AGE} s (2 h), so the extra time does nothing there; write {CHROMIUM_MAX_AGE} or less")
+            f"{rule.max_age} seconds is over {CHROMIUM_MAX_AGE}; browsers cap a cached preflight (Chromium at "
+            f"{CHROMIUM_MAX_AGE} s, Firefox at 86400 s, Safari at 600 s, each per URL), so the extra time does "
+            f"nothing in most of them; write {CHROMIUM_MAX_AGE} or less")
+
+
+def _private_network(config: Config, rule: Rule) -> Iterator[Warning_]:
+    if rule.allow_private_network:
+        yield _field(config, rule, "allow_private_network"), (
+            "allow_private_network is deprecated: Chrome never enforced Private Network Access preflights and "
+            "replaced them (Chrome 142) with Local Network Access, a permission prompt no response header can skip; "
+            "the key only answers the old preflight header. See the README, 'Local Network Access'")
 
 
 def _star_with_credentials(config: Config, rule: Rule) -> Iterator[Warning_]:

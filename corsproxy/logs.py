@@ -99,8 +99,14 @@ class AccessLog:
             fields["reason"] = d.reason
         if ex.upstream_error:
             fields["upstream_error"] = ex.upstream_error
+        if getattr(ex, "unexposed", ()):  # for `corsproxy suggest`'s expose_headers
+            fields["unexposed"] = list(ex.unexposed)
         extra = f' reason="{d.reason}"' if denied else ""
         if ex.upstream_error:
             extra += f" upstream_error={ex.upstream_error}"
+        kept = getattr(ex, "upstream_cors", None)
+        if kept is not None:  # upstream_cors: keep kept the upstream's CORS headers or replaced them, and why
+            fields["upstream_cors"], fields["upstream_cors_reason"] = kept
+            extra += f' upstream_cors={kept[0]} upstream_cors_reason="{kept[1]}"'
         log.info(_TEXT, ex.client, ex.method, ex.path, ex.status, ex.bytes_out, ex.duration * 1000, d.rule_name,
                  verdict, fields["origin"], extra, extra={"access": fields})

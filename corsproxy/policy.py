@@ -5,7 +5,7 @@ Pure: no I/O, no aiohttp. The proxy, ``explain``, the access log, metrics and
 response (the upstream's, or one the proxy makes itself) in place.
 
 References: Fetch standard §3.2 "CORS protocol" (https://fetch.spec.whatwg.org/#http-cors-protocol);
-Private Network Access (https://wicg.github.io/private-network-access/).
+Private Network Access (legacy: allow_private_network; https://wicg.github.io/private-network-access/).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ ACEH = "Access-Control-Expose-Headers"
 ACMA = "Access-Control-Max-Age"
 ACAPN = "Access-Control-Allow-Private-Network"
 TAO = "Timing-Allow-Origin"
+CORP = "Cross-Origin-Resource-Policy"
 PREFLIGHT_VARY = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
 ORIGIN_VARY = ("Origin",)
 # Response headers a page can always read (Fetch "CORS-safelisted response-header name"),
@@ -40,6 +41,8 @@ ORIGIN_VARY = ("Origin",)
 _NOT_EXPOSED = frozenset({"set-cookie", "set-cookie2", "vary"})
 
 Headers = tuple[tuple[str, str], ...]
+# What upstream_cors: keep did with a response's upstream CORS headers, and why (None: it had nothing to decide).
+UpstreamCorsOutcome = tuple[Literal["kept", "replaced"], str] | None
 
 
 class MultiHeaders(Protocol):
@@ -60,10 +63,12 @@ class CompiledRule:
     rule: Rule
     star: bool  # answer with a literal "*" (any origin, no credentials)
     methods: frozenset[str] | None  # None = any
+    actual_methods: frozenset[str] | None  # methods an actual request may use: + HEAD where GET, + OPTIONS
     headers: frozenset[str] | None  # lowercase; None = any
     preflight_headers: Headers  # allowed preflight, minus ACAO and the per-request ones
     actual_headers: Headers  # allowed actual request, minus ACAO / TAO
     expose_names_from_response: bool  # expose_headers "*" with credentials
+    resource_policy: Headers = ()  # Cross-Origin-Resource-Policy on every response of the rule, when set
 
     @classmethod
     def build(cls, rule: Rule) -> CompiledRule:
@@ -86,11 +91,20 @@ class CompiledRule:
             rule=rule,
             star=rule.origins.allow_all and not rule.allow_credentials,
             methods=None if any_method else frozenset(rule.allow_methods),
+            actual_methods=None if any_method else _actual_methods(rule.allow_methods),
             headers=None if any_header else frozenset(h.lower() for h in rule.allow_headers),
             preflight_headers=tuple(pre),
             actual_headers=tuple(actual),
             expose_names_from_response=expose_all and rule.allow_credentials,
+            resource_policy=((CORP, rule.cross_origin_resource_policy),) if rule.cross_origin_resource_policy else (),
         )
+
+
+def _actual_methods(listed: tuple[str, ...]) -> frozenset[str]:
+    """HTTP serves HEAD wherever GET (RFC 9110 §9.3.2), and an OPTIONS that is not a preflight always counts
+    (as in rs/cors): neither needs listing for an actual request."""
+    extra = {"OPTIONS"} | ({"HEAD"} if "GET" in listed else set())
+    return frozenset(listed) | extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,11 +209,13 @@ class Decision:
     def body(self) -> bytes:
         return (self.reason + "\n").encode() if self.status == 403 else b""
 
-    def header_value(self) -> str:
-        """The ``CORS-Decision`` debug header (design §5)."""
-        detail = self.detail.replace("\\", "\\\\").replace('"', '\\"')
+    def header_value(self, kept: UpstreamCorsOutcome = None) -> str:
+        """The ``CORS-Decision`` debug header (design §5); ``kept``: what ``upstream_cors: keep`` did."""
+        detail = self.detail if kept is None else f"{self.detail}; upstream CORS headers {kept[0]}: {kept[1]}"
+        detail = detail.replace("\\", "\\\\").replace('"', '\\"')
         mode = "; mode=report-only" if not self.enforce else ""
-        return f'rule={self.rule_name}; verdict={self.verdict}{mode}; detail="{detail}"'
+        upstream = f"; upstream_cors={kept[0]}" if kept is not None else ""
+        return f'rule={self.rule_name}; verdict={self.verdict}{mode}{upstream}; detail="{detail}"'
 
 
 NO_RULE = Decision("no-rule", "none", "no rule matches this path")
@@ -281,6 +297,12 @@ def _actual(compiled: CompiledRule, request: CorsRequest, origin: str | None) ->
     if why is not None and not compiled.star:
         status = 403 if rule.disallowed_origin == "reject" else None
         return Decision("actual", "denied:origin", why, compiled, origin, status)
+    if compiled.actual_methods is not None and request.method not in compiled.actual_methods:
+        # SECURITY: a simple cross-site POST is sent without a preflight; a rule that does not list the method
+        # must not let the page read the answer (design §4, as rs/cors): the answer of a disallowed origin.
+        status = 403 if rule.disallowed_origin == "reject" else None
+        return Decision("actual", "denied:method", f"method {request.method} not in allow_methods", compiled,
+                        origin, status)
     # SECURITY: an invalid Origin is only ever answered with a literal "*", never echoed.
     allow_origin = "*" if compiled.star else request.origins[0]
     headers = [(ACAO, allow_origin), *compiled.actual_headers]
@@ -291,20 +313,35 @@ def _actual(compiled: CompiledRule, request: CorsRequest, origin: str | None) ->
     return Decision("actual", verdict, detail, compiled, origin, None, tuple(headers))
 
 
-def finish(decision: Decision, headers: MultiHeaders) -> None:
-    """Write the CORS part of a forwarded (or proxy-made) response's headers, in place."""
-    if decision.rule is None or not decision.enforce or decision.status is not None:
-        return
+def finish(decision: Decision, headers: MultiHeaders) -> UpstreamCorsOutcome:
+    """Write the CORS part of a forwarded (or proxy-made) response's headers, in place.
+
+    Returns what ``upstream_cors: keep`` did with the upstream's CORS headers, ``("kept" | "replaced", why)``,
+    for the log, ``CORS-Decision`` and ``explain``; None when ``keep`` had nothing to decide.
+    """
+    if decision.rule is None or not decision.enforce:
+        return None
+    for name, value in decision.rule.resource_policy:
+        # A no-cors embed (<img> without crossorigin, no Origin sent) in a page with COEP require-corp
+        # loads only with this header; CORS headers do not help there (design §3).
+        headers[name] = value
+    if decision.status is not None:
+        return None
     if decision.kind == "no-origin":
         headers["Vary"] = merge_vary(headers.getall("Vary", []), ORIGIN_VARY)
-        return
+        return None
     allowed = bool(decision.headers) and decision.kind == "actual"
+    outcome: UpstreamCorsOutcome = None
     # SECURITY: only a truly allowed origin keeps the upstream's answer; an invalid or repeated Origin
     # that a "*" rule answers with a literal * must not get the upstream's reflection of it.
-    keep = allowed and decision.verdict == "allowed" and decision.rule.rule.upstream_cors == "keep" and ACAO in headers
+    if allowed and decision.verdict == "allowed" and decision.rule.rule.upstream_cors == "keep" and ACAO in headers:
+        why = _not_keepable(decision, headers)
+        outcome = ("kept", "the upstream's Access-Control-* grant no more than the rule") if why is None else \
+            ("replaced", why)
     # A denied preflight passed on (denied_preflight: forward) keeps the upstream's answer,
     # unless the origin itself is denied.
-    keep = keep or (decision.kind == "preflight" and decision.verdict != "denied:origin")
+    keep = (outcome is not None and outcome[0] == "kept") or (
+        decision.kind == "preflight" and decision.verdict != "denied:origin")
     if not keep:
         # SECURITY: the upstream's own Access-Control-* never reach the client beside ours,
         # and never for an origin the rules deny.
@@ -314,6 +351,28 @@ def finish(decision: Decision, headers: MultiHeaders) -> None:
             _add_actual(decision, headers)
     vary = PREFLIGHT_VARY if decision.kind == "preflight" else ORIGIN_VARY
     headers["Vary"] = merge_vary(headers.getall("Vary", []), vary)
+    return outcome
+
+
+def _not_keepable(decision: Decision, headers: MultiHeaders) -> str | None:
+    """Why ``upstream_cors: keep`` must not pass the upstream's CORS headers (design §5); None if it may.
+
+    SECURITY: keep never grants more than the rule: an upstream that reflects every Origin with
+    credentials must not hand them to an origin the rule admits without credentials.
+    """
+    assert decision.rule is not None
+    values = headers.getall(ACAO, [])
+    if len(values) != 1:
+        return f"the upstream sent Access-Control-Allow-Origin {len(values)} times"
+    value = values[0].strip()
+    if value != "*" and value != decision.origin:
+        return f"the upstream's Access-Control-Allow-Origin {value!r} is neither * nor the request's origin"
+    if ACAC in headers:
+        if not decision.rule.rule.allow_credentials:
+            return "the upstream sent Access-Control-Allow-Credentials and the rule does not allow credentials"
+        if value == "*":
+            return "the upstream sent Access-Control-Allow-Origin * with credentials, which browsers refuse"
+    return None
 
 
 def _add_actual(decision: Decision, headers: MultiHeaders) -> None:
@@ -332,6 +391,8 @@ def _add_actual(decision: Decision, headers: MultiHeaders) -> None:
 def respond_headers(decision: Decision) -> list[tuple[str, str]]:
     """Headers of a response the proxy makes for a decision with ``status`` set."""
     out = list(decision.headers)
+    if decision.rule is not None and decision.enforce:
+        out.extend(decision.rule.resource_policy)
     if decision.status == 403:
         out.append(("Content-Type", "text/plain; charset=utf-8"))
         if not any(name == "Vary" for name, _ in out):

@@ -19,10 +19,11 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -30,9 +31,10 @@ from yarl import URL
 from . import splice
 from .config import Config, IPNetwork
 from .guard import MIN_RATE_GRACE, RESPONSE_BUFFER, abort
-from .headers import HOP_BY_HOP, hop_by_hop, rewrite_location
+from .headers import HOP_BY_HOP, SERVER, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
-from .policy import CorsRequest, Decision, Policy, decide, finish, respond_headers
+from .policy import CorsRequest, Decision, Policy, UpstreamCorsOutcome, decide, finish, respond_headers
+from .readable import unexposed
 from .upstream import Pool, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("corsproxy")
@@ -123,6 +125,8 @@ class Exchange:
     duration: float = 0.0
     upstream_error: str | None = None  # refused, dns, timeout, reset, tls, protocol, aborted
     websocket: bool = False
+    unexposed: tuple[str, ...] = ()  # response header names the page could not read (for `corsproxy suggest`)
+    upstream_cors: UpstreamCorsOutcome = None  # upstream_cors: keep kept or replaced the upstream's, and why
 
 
 Observer = Callable[[Exchange], None]
@@ -213,9 +217,11 @@ def _error(snap: Snapshot, decision: Decision, status: int, message: str) -> web
     return resp
 
 
-def decision_header(snap: Snapshot, decision: Decision) -> str | None:
+def decision_header(snap: Snapshot, decision: Decision, kept: UpstreamCorsOutcome = None) -> str | None:
     """The ``CORS-Decision`` value when ``debug.decision_header`` is on and a rule matched."""
-    return decision.header_value() if snap.config.debug.decision_header and decision.rule is not None else None
+    if not snap.config.debug.decision_header or decision.rule is None:
+        return None
+    return decision.header_value(kept)
 
 
 def _debug_header(snap: Snapshot, decision: Decision, resp: web.StreamResponse) -> None:
@@ -379,9 +385,14 @@ def failure(request: Incoming, snap: Snapshot, ex: Exchange, exc: Exception) -> 
 
 
 class RelayedResponse(web.StreamResponse):
-    """The upstream's response on its way to the client; ``untyped`` when the upstream sent no Content-Type."""
+    """The upstream's response on its way to the client; ``untyped`` when the upstream sent no Content-Type,
+    ``named`` when it sent a Server header (kept as sent)."""
 
     untyped = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.named = "Server" in self.headers
 
 
 async def keep_untyped(request: web.Request, response: web.StreamResponse) -> None:
@@ -394,9 +405,17 @@ async def keep_untyped(request: web.Request, response: web.StreamResponse) -> No
         response.headers.popall("Content-Type", None)
 
 
+async def name_server(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: ``Server: corsproxy`` instead of the ``Python/3.x aiohttp/3.x`` aiohttp has just
+    added where no Server was set (the proxy's own answers, an upstream response without one)."""
+    if response.headers.get("Server") == SERVER_SOFTWARE and not (isinstance(response, RelayedResponse) and
+                                                                    response.named):
+        response.headers["Server"] = SERVER
+
+
 async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
     resp = RelayedResponse(status=upstream.status, reason=upstream.reason,
-                           headers=relay_headers(request, snap, ex.decision, upstream.headers))
+                           headers=relay_headers(request, snap, ex, upstream.headers))
     resp.untyped = "Content-Type" not in resp.headers
     ex.status = upstream.status
     has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
@@ -477,17 +496,20 @@ def broke_off(request: Incoming, ex: Exchange, exc: Exception, transport: asynci
         log.warning("%s %s: %s; closing its connection", request.method, request.raw_path, exc)
 
 
-def relay_headers(request: Incoming, snap: Snapshot, decision: Decision,
-                  raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+def relay_headers(request: Incoming, snap: Snapshot, ex: Exchange, raw: list[tuple[str, str]]) -> CIMultiDict[str]:
     """The upstream's response headers as the client gets them: hop-by-hop dropped, Location rewritten,
-    the CORS part written by policy.finish, and the decision header when on."""
+    the CORS part written by policy.finish, and the decision header when on. ``ex`` is told what
+    ``upstream_cors: keep`` did (for the access log) and which headers the page cannot read (for suggest)."""
+    decision = ex.decision
+    if decision.kind == "actual" and decision.origin is not None:
+        ex.unexposed = unexposed(decision, (name for name, _ in raw))
     names = {name.lower() for name, _ in raw}
     drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
     headers = CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
     if snap.config.upstream.rewrite_location and ("location" in names or "content-location" in names):
         _rewrite_locations(snap, request, headers)
-    finish(decision, headers)
-    if (debug := decision_header(snap, decision)) is not None:
+    ex.upstream_cors = kept = finish(decision, headers)
+    if (debug := decision_header(snap, decision, kept)) is not None:
         headers[DECISION_HEADER] = debug
     return headers
 

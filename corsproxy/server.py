@@ -168,26 +168,59 @@ class FileWatch:
         self.stamp, self.digest = self._stamp(), self._digest()
 
 
+class FilesWatch:
+    """The config file and the origin files it reads (``{file:}``): a change of any of them reloads.
+
+    Each is stat-ed through its symlinks, so a Kubernetes ConfigMap update (which swaps the ``..data``
+    symlink the mounted names point through) is a change of every file in it.
+    """
+
+    def __init__(self, paths: list[str], kept: FilesWatch | None = None) -> None:
+        old = kept.watches if kept is not None else {}
+        self.watches = {path: old.get(path) or FileWatch(path) for path in dict.fromkeys(paths)}
+
+    def changed(self) -> bool:
+        return any([watch.changed() for watch in self.watches.values()])  # a list: every stamp is brought up to date
+
+    def seen(self) -> None:
+        for watch in self.watches.values():
+            watch.seen()
+
+
+def _watched(config: Config, extra: tuple[str, ...] = ()) -> list[str]:
+    return [config.source, *config.origin_files, *extra]
+
+
 class Reloader:
     """Loads the file again; applies it if valid, else logs every error and keeps what runs."""
 
     def __init__(self, load: Loader, state: ConfigState, apply: Callable[[Config], None],
                  current: Callable[[], Config]) -> None:
         self.load, self.state, self.apply, self.current = load, state, apply, current
-        self.watch = FileWatch(current().source)
+        self.watch = FilesWatch(_watched(current()))
 
     def __call__(self, why: str) -> bool:
         if why == "SIGHUP":
             self.watch.seen()
-        old = self.current()
+        return self.settle(why, self.current(), self._load())
+
+    def _load(self) -> Config | ConfigError:
         try:
-            new = self.load()
+            return self.load()
         except ConfigError as exc:
+            return exc
+
+    def settle(self, why: str, old: Config, new: Config | ConfigError) -> bool:
+        """Apply a loaded config, or log why it could not be and keep ``old``."""
+        if isinstance(new, ConfigError):
+            exc = new
+            self.watch = FilesWatch(_watched(old, exc.files), self.watch)  # so fixing a new origin file reloads
             self.state.failed()
             log.error("reload (%s) failed, keeping the running config (sha256 %s); %d error(s):\n%s",
                       why, old.sha256[:12], len(exc.issues), exc)
             return False
         self.apply(new)
+        self.watch = FilesWatch(_watched(new), self.watch)
         self.state.loaded(new.sha256)
         log.info("config reloaded (%s): sha256 %s, %d rule(s)", why, new.sha256[:12], len(new.rules))
         changed = [name for name in RESTART_ONLY if _get(old, name) != _get(new, name)]
@@ -198,6 +231,13 @@ class Reloader:
     def poll(self) -> None:
         if self.watch.changed():
             self("file changed")
+
+    async def poll_in_thread(self) -> None:
+        """:meth:`poll`, with the files read and checked in a thread: 100,000 origins take about 0.4 s to
+        load, and the event loop keeps answering requests meanwhile (it gets the GIL every few ms)."""
+        if self.watch.changed():
+            old = self.current()
+            self.settle("file changed", old, await asyncio.to_thread(self._load))
 
 
 def _get(config: Config, dotted: str) -> Any:
@@ -297,7 +337,7 @@ class Server:
             await asyncio.sleep(POLL_INTERVAL)
             self.metrics.publish()  # a worker's counts reach the supervisor's /metrics through its files
             if self.worker_dir is None:
-                self.reloader.poll()  # a worker's supervisor watches the file for it
+                await self.reloader.poll_in_thread()  # a worker's supervisor watches the file for it
             elif os.getppid() != parent:
                 log.error("worker pid %d: the supervisor is gone; stopping", os.getpid())
                 self.stop.set()
@@ -386,7 +426,7 @@ class Supervisor:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
-            self.reloader.poll()
+            await self.reloader.poll_in_thread()
 
     async def _keep(self, index: int) -> None:
         """Run worker ``index``; start it again whenever it dies, until we stop."""

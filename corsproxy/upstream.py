@@ -159,6 +159,8 @@ class Connection(asyncio.BufferedProtocol):
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD:
             raise httptools.HttpParserError(f"response head over {MAX_HEAD} bytes")
+        if self._status:
+            return  # SECURITY: a chunked body's trailer fields; never passed on, never added to the head
         # As aiohttp decodes them, so that non-ASCII bytes pass through the server's writer unchanged.
         self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
 

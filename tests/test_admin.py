@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from corsproxy import config as cfg
 from corsproxy.admin import AdminState, build_admin
 from corsproxy.app import build_app
 from corsproxy.decisions import DecisionLog
+from corsproxy.policy import CorsRequest, Policy, decide
 
 APP = "https://app.example.com"
 RULES = """
@@ -82,8 +86,10 @@ async def test_config_is_the_effective_config_with_key_paths_but_never_their_con
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(cert_path)
     cert.private_key_pem.write_to_path(key_path)
-    config = make_config(upstream.url.replace("http://", "http://user:s3cret@") + "/v1",
-                         f"listen: {{tls: {{cert: '{cert_path}', key: '{key_path}'}}}}")
+    config = make_config(upstream.url + "/v1", f"listen: {{tls: {{cert: '{cert_path}', key: '{key_path}'}}}}")
+    # A password is a config error (issue 13.5); /config would still mask one that got in some other way.
+    config = dataclasses.replace(config, upstream=dataclasses.replace(
+        config.upstream, url=upstream.url.replace("http://", "http://user:s3cret@") + "/v1"))
     client, _ = await admin_client(aiohttp_client, config)
     resp = await client.get("/config")
     assert resp.status == 200
@@ -142,3 +148,62 @@ def test_merged_decisions_from_workers_are_newest_first_with_counts_summed():
     merged = DecisionLog.merged([part(3.0, 1.0), part(4.0, 2.0)], size=3)
     assert [e["time"] for e in merged.to_json()["entries"]] == [4.0, 3.0, 2.0]
     assert merged.to_json()["counts"] == [{"reason": "denied:origin: r", "count": 4}]
+
+
+async def test_the_admin_index_lists_every_endpoint_and_names_itself_without_versions(aiohttp_client, closed_port):
+    client, _ = await admin_client(aiohttp_client, make_config(f"http://127.0.0.1:{closed_port}"))
+    resp = await client.get("/")
+    assert (resp.status, resp.headers["Server"]) == (200, "corsproxy")
+    links = re.findall(r'<a href="([^"]+)">', await resp.text())
+    assert links == ["/healthz", "/readyz", "/metrics", "/config", "/decisions"]
+    for link in links[:1] + links[2:]:
+        assert (await client.get(link)).status == 200, link
+
+
+async def test_config_shows_the_values_in_force_and_lists_what_waits_for_a_restart(aiohttp_client, closed_port):
+    started = make_config(f"http://127.0.0.1:{closed_port}", "listen: {port: 8080}\nadmin: {port: 9901}")
+    reloaded = make_config(f"http://127.0.0.1:{closed_port}/v2", "listen: {port: 9090}\nadmin: null")
+    reloaded = dataclasses.replace(reloaded, upstream=dataclasses.replace(reloaded.upstream, max_connections=7))
+    live = [started]
+    state = AdminState(lambda: live[0], CollectorRegistry(), DecisionLog)
+    client = await aiohttp_client(build_admin(state))
+    assert (await (await client.get("/config")).json())["pending_restart"] == {}
+    live[0] = reloaded
+    data = await (await client.get("/config")).json()
+    assert (data["listen"]["port"], data["admin"], data["upstream"]["max_connections"]) == (
+        8080, {"host": "127.0.0.1", "port": 9901}, 100)
+    assert data["upstream"]["url"] == f"http://127.0.0.1:{closed_port}/v2"  # a reload changes the upstream at once
+    assert data["pending_restart"] == {"listen.port": 9090, "admin": None, "upstream.max_connections": 7}
+
+
+def denied_log(*origins_rules: tuple[str, str]) -> DecisionLog:
+    log = DecisionLog()
+    policy = Policy.from_config(cfg.parse("upstream: {url: 'http://127.0.0.1:9'}\nrules:\n"
+                                          "  - {name: app, paths: ['/api/**'], allow_origins: [https://a.example]}\n"
+                                          "  - {name: ro, paths: ['/ro/**'], allow_origins: ['*'], "
+                                          "allow_methods: [GET]}\n", "t.yaml", env={}))
+    for method, path in origins_rules:
+        log.record(decide(policy, CorsRequest(method, path, ("https://b.example",))), method, path)
+    return log
+
+
+async def test_decisions_json_gives_the_time_as_iso_8601_too(aiohttp_client, closed_port):
+    client, _ = await admin_client(aiohttp_client, make_config(f"http://127.0.0.1:{closed_port}"),
+                                   denied_log(("GET", "/api/x")))
+    [entry] = (await (await client.get("/decisions", headers={"Accept": "application/json"})).json())["entries"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time_iso"])
+    assert abs(datetime.fromisoformat(entry["time_iso"]).timestamp() - entry["time"]) < 0.001
+
+
+async def test_decisions_html_filters_by_rule_and_verdict_and_reloads_itself(aiohttp_client, closed_port):
+    log = denied_log(("GET", "/api/x"), ("POST", "/ro/y"), ("GET", "/api/z"))
+    client, _ = await admin_client(aiohttp_client, make_config(f"http://127.0.0.1:{closed_port}"), log)
+    page = await (await client.get("/decisions")).text()
+    assert len(re.findall(r'<td data-label="path"', page)) == 3
+    assert '<meta http-equiv="refresh" content="5">' in page
+    assert "<select name=rule><option value=\"\">any</option><option>app</option><option>ro</option></select>" in page
+    only = await (await client.get("/decisions", params={"rule": "ro", "refresh": "0"})).text()
+    assert re.findall(r'class="path">([^<]*)<', only) == ["/ro/y"]
+    assert "http-equiv" not in only and "<option selected>ro</option>" in only
+    origin = await (await client.get("/decisions", params={"verdict": "denied:origin"})).text()
+    assert re.findall(r'class="path">([^<]*)<', origin) == ["/api/z", "/api/x"]

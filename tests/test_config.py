@@ -16,7 +16,8 @@ HEAD = "upstream: {url: 'http://127.0.0.1:9000'}\nrules:\n"
 CREDS_STAR = ('allow_credentials: true with allow_origins "*" would let every site read its users\' authenticated '
               'responses; list the allowed origins instead of "*"')
 RULE_KEYS = ("name, paths, allow_origins, allow_methods, allow_headers, expose_headers, allow_credentials, max_age, "
-             "allow_private_network, timing_allow_origin, disallowed_origin, mode, upstream_cors, denied_preflight")
+             "allow_private_network, timing_allow_origin, cross_origin_resource_policy, disallowed_origin, mode, "
+             "upstream_cors, denied_preflight")
 TOP_KEYS = "listen, upstream, limits, admin, logging, debug, defaults, rules"
 
 
@@ -60,7 +61,8 @@ BROKEN = [
                  ["FILE:1:1: upstream.url: 'url' is required; add url: http://127.0.0.1:9000 (the API behind the "
                   "proxy)"], id="missing-upstream-url"),
     pytest.param("rules:\n  - allow_origins: ['*']\n",
-                 ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000}"],
+                 ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000} (or pass "
+                  "--upstream URL)"],
                  id="missing-upstream"),
     pytest.param("upstream:\n  url: ${UPSTREAM_URL}\nrules:\n  - allow_origins: ['*']\n",
                  ["FILE:2:3: upstream.url: environment variable ${UPSTREAM_URL} is not set; export it or write "
@@ -99,8 +101,14 @@ BROKEN = [
     pytest.param(HEAD + "  - allow_origins: ['*']\n    max_age: 10\n    max_age: 20\n",
                  ["FILE:5:5: rules[0].max_age: 'max_age' is given twice; keep one"], id="duplicate-key"),
     pytest.param(HEAD + "  - allow_origins: ['*'\n    max_age: 10\n",
-                 ["FILE:4:5: YAML syntax: expected ',' or ']', but got '<scalar>'; check indentation and quoting "
-                  "there"], id="yaml-syntax-error"),
+                 ["FILE:3:24: YAML syntax: expected ',' or ']', but got '<scalar>' (while parsing a flow sequence "
+                  "opened at line 3, column 20); check indentation and quoting there"], id="yaml-syntax-error"),
+    pytest.param("upstream: {url: 'http://127.0.0.1:9000'}\nrules:\n  - name: 'x\n",
+                 ["FILE:3:13: YAML syntax: found unexpected end of stream (while scanning a quoted scalar opened at "
+                  "line 3, column 11); check indentation and quoting there"], id="yaml-unclosed-quote"),
+    pytest.param("rules:\n  - name: x\n   bad: 1\n",
+                 ["FILE:3:4: YAML syntax: expected <block end>, but found '<block mapping start>'; check indentation "
+                  "and quoting there"], id="yaml-bad-indentation-stays-on-its-line"),
     pytest.param(HEAD + "  - allow_origins: ['*']\n    allow_methods: [GET, delete]\n",
                  ["FILE:4:26: rules[0].allow_methods[1]: browsers always send DELETE in uppercase; write 'DELETE'"],
                  id="lowercase-standard-method"),
@@ -133,6 +141,16 @@ BROKEN = [
     pytest.param("upstream: {url: 'http://127.0.0.1:9000/v1?x=1'}\nrules:\n  - allow_origins: ['*']\n",
                  ["FILE:1:12: upstream.url: 'http://127.0.0.1:9000/v1?x=1' may carry a base path but no query or "
                   "fragment; drop from '?' or '#' on"], id="upstream-with-query"),
+    pytest.param("upstream: {url: 'http://bob:s3cret@127.0.0.1:9000/v1'}\nrules:\n  - allow_origins: ['*']\n",
+                 ["FILE:1:12: upstream.url: 'http://bob:***@127.0.0.1:9000/v1' carries a user name and password; "
+                  "corsproxy does not authenticate to the upstream and would never send them: remove 'bob:...@' (let "
+                  "the upstream trust the proxy's network, or have the client send its own Authorization header)"],
+                 id="upstream-with-password"),
+    pytest.param("upstream: {url: 'https://bob:p@ss@api?x=1'}\nrules:\n  - allow_origins: ['*']\n",
+                 ["FILE:1:12: upstream.url: 'https://bob:***@api?x=1' carries a user name and password; corsproxy "
+                  "does not authenticate to the upstream and would never send them: remove 'bob:...@' (let the "
+                  "upstream trust the proxy's network, or have the client send its own Authorization header)"],
+                 id="upstream-with-password-and-other-faults"),
     pytest.param(HEAD + "  - allow_origins: ['*']\n    paths: [api/**]\n",
                  ["FILE:4:13: rules[0].paths[0]: path pattern 'api/**' must start with '/': write '/api/**'"],
                  id="path-without-slash"),
@@ -140,10 +158,19 @@ BROKEN = [
                  "  - {name: api, allow_origins: ['*'], paths: ['/b']}\n",
                  ["FILE:4:6: rules[1].name: rule name 'api' is already used by rules[0]; names must differ"],
                  id="duplicate-rule-name"),
+    pytest.param(HEAD + "  - {name: api, allow_origins: ['https://a/'], paths: ['/a']}\n"
+                 "  - {name: api, allow_origins: ['*'], alow_methods: [GET]}\n",
+                 ["FILE:3:33: rules[0].allow_origins[0]: 'https://a/' has a path, query or trailing '/'; an origin is "
+                  "scheme://host[:port]: write 'https://a'",
+                  "FILE:4:6: rules[1].name: rule name 'api' is already used by rules[0]; names must differ",
+                  "FILE:4:39: rules[1].alow_methods: unknown key 'alow_methods' (did you mean 'allow_methods'?); "
+                  f"allowed: {RULE_KEYS}"],
+                 id="duplicate-rule-name-with-the-other-errors-at-once"),
     pytest.param("upstream: {url: 'http://127.0.0.1:9000'}\n",
                  ["FILE:1:1: rules: expected a non-empty list of rules, e.g. - {paths: ['/**'], allow_origins: "
                   "[...]}"], id="no-rules"),
-    pytest.param("", ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000}",
+    pytest.param("", ["FILE:1:1: upstream: 'upstream' is required: add upstream: {url: http://127.0.0.1:9000} (or pass "
+                  "--upstream URL)",
                       "FILE:1:1: rules: expected a non-empty list of rules, e.g. - {paths: ['/**'], allow_origins: "
                       "[...]}"], id="empty-file"),
     pytest.param("- a\n", ["FILE:1:1: (top level): the config must be a mapping with upstream: and rules: (see "
@@ -154,7 +181,7 @@ BROKEN = [
     pytest.param("listen:\n  tls: {cert: /nonexistent/cert.pem}\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:2:3: listen.tls.key: 'key' is required; add key: key.pem (the PEM private key)",
                   "FILE:2:9: listen.tls.cert: cannot read file '/nonexistent/cert.pem'; give a path that exists and "
-                  "is readable"], id="tls-half-given"),
+                  "is readable (a relative path is taken from the config file's folder)"], id="tls-half-given"),
     pytest.param("listen:\n  trusted_proxies: [10.0.0.0/8, 10, 300.1.1.1]\n" + HEAD + "  - allow_origins: ['*']\n",
                  ["FILE:2:33: listen.trusted_proxies[1]: 10 is not an address; write addresses or CIDRs such as "
                   "10.0.0.0/8",
@@ -400,6 +427,7 @@ def test_describe_is_json_with_the_effective_rules(tmp_path: Path) -> None:
         "name": "app", "paths": ["/api/**"], "allow_origins": ["https://a.example", {"regex": "https://b\\.example"}],
         "allow_methods": ["GET", "HEAD", "POST"], "allow_headers": ["*"], "expose_headers": [],
         "allow_credentials": False, "max_age": 600, "allow_private_network": False, "timing_allow_origin": False,
+        "cross_origin_resource_policy": None,
         "disallowed_origin": "forward", "mode": "enforce", "upstream_cors": "replace", "denied_preflight": "reject",
     }]
     assert "marks" not in described
@@ -441,3 +469,24 @@ def test_with_overrides_checks_flags_like_file_values(tmp_path: Path) -> None:
         "--port: expected a whole number from 0 to 65535, got 70000",
         "--upstream: 'http://a/?q' may carry a base path but no query or fragment; drop from '?' or '#' on",
     ]
+
+
+def test_file_paths_are_relative_to_the_config_files_folder_not_the_working_directory(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    folder = tmp_path / "etc" / "corsproxy"
+    folder.mkdir(parents=True)
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (folder / name).write_text("x")
+    path = folder / "config.yaml"
+    path.write_text("listen:\n  tls: {cert: cert.pem, key: ./key.pem}\nupstream:\n  url: https://api\n"
+                    "  ca_file: ca.pem\nrules:\n  - allow_origins: ['*']\n")
+    monkeypatch.chdir(tmp_path)  # where cert.pem is not
+    config = cfg.load(path.relative_to(tmp_path), env={})
+    assert config.listen.tls == cfg.TLSConfig(str(Path("etc/corsproxy/cert.pem")), str(Path("etc/corsproxy/key.pem")))
+    assert config.upstream.ca_file == str(Path("etc/corsproxy/ca.pem"))
+    (folder / "ca.pem").unlink()
+    with pytest.raises(ConfigError) as caught:
+        cfg.load(path, env={})
+    assert caught.value.issues == [f"{path}:5:3: upstream.ca_file: cannot read file '{folder / 'ca.pem'}'; give a "
+                                   "path that exists and is readable (a relative path is taken from the config "
+                                   "file's folder)"]

@@ -85,7 +85,7 @@ def test_json_lists_entries_newest_first():
     entries = log.to_json()["entries"]
     assert [(e["origin"], e["method"], e["path"]) for e in entries] == [
         ("https://b.example", "POST", "/api/b"), ("https://a.example", "GET", "/api/a")]
-    assert set(entries[0]) == {"time", "origin", "method", "path", "rule", "verdict", "reason", "mode"}
+    assert set(entries[0]) == {"time", "origin", "method", "path", "rule", "verdict", "reason", "mode", "time_iso"}
 
 
 def test_a_script_in_the_origin_is_escaped_on_the_page():
@@ -169,3 +169,22 @@ def _source(log: DecisionLog):
     async def get() -> DecisionLog:
         return log
     return get
+
+
+def test_counts_by_reason_stay_bounded_whatever_origins_clients_send():
+    # SECURITY (issue 13.4): each reason quotes the client's Origin; 5,000 origins used to make 5,000 rows.
+    log = DecisionLog()
+    for i in range(5000):
+        log.record(decision(f"https://e{i}.example"), "GET", "/api/x")
+    counts = dict(log.counts())
+    assert len(counts) == 101
+    assert counts["other reasons"] == 4900 and sum(counts.values()) == 5000
+    assert "origin https://e0.example not in allow_origins" in log.counts()[1][0]
+    assert len(log.render_html()) < 160_000  # 200 entries and 101 counts (it was 620 KB)
+
+
+def test_merged_counts_from_workers_stay_bounded_too():
+    parts = [{"entries": [], "counts": [{"reason": f"denied:origin: w{w} r{i}", "count": 1} for i in range(80)]}
+             for w in range(3)]
+    counts = dict(DecisionLog.merged(parts).counts())
+    assert len(counts) == 101 and counts["other reasons"] == 140

@@ -45,15 +45,15 @@ def pipelined(i: int, kinds: int) -> tuple[bytes, int, str | None]:
     if kind == 2:  # a body that came with its head
         return (b"POST /api/post?i=%d HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n\r\nhello" % i, 200,
                 f"/v1/api/post?i={i}")
-    if kind == 4:  # a chunked body: aiohttp's path on either
-        return (b"POST /api/chunked?i=%d HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n"
-                b"3\r\nabc\r\n0\r\n\r\n" % i, 200, f"/v1/api/chunked?i={i}")
+    if kind == 4:  # a path never forwarded: aiohttp's path answers 400 on either (a chunked body would end the
+        # connection: nothing after one is served, guard.py)
+        return b"GET /api/../x?i=%d HTTP/1.1\r\nHost: p\r\n\r\n" % i, 400, None
     return (b"OPTIONS /api/x HTTP/1.1\r\nHost: p\r\nOrigin: https://evil.example\r\n"  # kind 3: a denied preflight
             b"Access-Control-Request-Method: PUT\r\n\r\n", 403, None)
 
 
 @PATHS
-@pytest.mark.parametrize("kinds", [1, 4, 5], ids=["preflights", "all-fast-answerable", "with-chunked-bodies"])
+@pytest.mark.parametrize("kinds", [1, 4, 5], ids=["preflights", "all-fast-answerable", "with-aiohttp-answers"])
 async def test_500_pipelined_mixed_requests_on_one_connection_are_all_answered_in_order(
         make_proxy: MakeProxy, upstream: Upstream, fast: bool, kinds: int) -> None:
     proxy = await make_proxy(fast=fast)

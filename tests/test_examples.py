@@ -30,11 +30,31 @@ def _one(path: Path, kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def _config_map(path: Path) -> dict[str, Any]:
+    """The ConfigMap with the rules (config.yaml); the SaaS example keeps its origins in another."""
+    found = [d for d in _docs(path) if d["kind"] == "ConfigMap" and "config.yaml" in d["data"]]
+    assert len(found) == 1, f"{path.name}: {len(found)} ConfigMap(s) with config.yaml"
+    return found[0]
+
+
+def _files(path: Path) -> dict[str, str]:
+    """Every file the manifest's ConfigMaps put into the config folder."""
+    return {name: text for d in _docs(path) if d["kind"] == "ConfigMap" for name, text in d["data"].items()}
+
+
+def _configmap_names(volume: dict[str, Any]) -> list[str]:
+    if "projected" in volume:
+        return [s["configMap"]["name"] for s in volume["projected"]["sources"] if "configMap" in s]
+    return [volume["configMap"]["name"]]
+
+
 def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
 
-def _check(config_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _check(config_text: str, tmp_path: Path, files: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    for name, text in (files or {}).items():  # origin files beside the config, as the ConfigMap mounts them
+        (tmp_path / name).write_text(text)
     path = tmp_path / "config.yaml"
     path.write_text(config_text)
     # --strict: a lint warning (a risky rule) in an example fails too.
@@ -43,7 +63,7 @@ def _check(config_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]
 
 
 def test_examples_have_both_kubernetes_manifests():
-    assert [p.name for p in MANIFESTS] == ["sidecar.yaml", "standalone.yaml"]
+    assert [p.name for p in MANIFESTS] == ["saas.yaml", "sidecar.yaml", "standalone.yaml"]
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
@@ -62,15 +82,15 @@ def test_kubernetes_validation_rejects_a_misspelled_field():
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
 def test_kubernetes_configmap_config_passes_corsproxy_check(manifest, tmp_path):
-    config = _one(manifest, "ConfigMap")["data"]["config.yaml"]
-    res = _check(config, tmp_path)
+    config = _config_map(manifest)["data"]["config.yaml"]
+    res = _check(config, tmp_path, _files(manifest))
     assert (res.returncode, res.stderr) == (0, ""), res.stdout
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
 def test_kubernetes_corsproxy_probes_admin_and_mounts_the_configmap(manifest):
     docs = _docs(manifest)
-    deployment, configmap = _one(manifest, "Deployment"), _one(manifest, "ConfigMap")
+    deployment, configmap = _one(manifest, "Deployment"), _config_map(manifest)
     proxy = _container(deployment, "corsproxy")
     ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
     assert ports == {"http": 8080, "admin": 9901}
@@ -80,7 +100,7 @@ def test_kubernetes_corsproxy_probes_admin_and_mounts_the_configmap(manifest):
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     mounts = [m for m in proxy["volumeMounts"] if m["mountPath"] == str(Path(CONFIG_PATH).parent)]
     assert len(mounts) == 1 and "subPath" not in mounts[0]
-    assert volumes[mounts[0]["name"]]["configMap"]["name"] == configmap["metadata"]["name"]
+    assert configmap["metadata"]["name"] in _configmap_names(volumes[mounts[0]["name"]])
     assert "config.yaml" in configmap["data"]
     assert proxy["securityContext"]["runAsNonRoot"] is True
     if proxy["securityContext"].get("readOnlyRootFilesystem"):  # --workers writes its metrics files to /tmp
@@ -110,7 +130,7 @@ def test_kubernetes_sidecar_runs_the_api_and_corsproxy_in_one_pod():
     names = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
     assert names == ["api", "corsproxy"]
     api_port = _container(deployment, "api")["ports"][0]["containerPort"]
-    config = yaml.safe_load(_one(manifest, "ConfigMap")["data"]["config.yaml"])
+    config = yaml.safe_load(_config_map(manifest)["data"]["config.yaml"])
     assert config["upstream"]["url"] == f"http://127.0.0.1:{api_port}"  # the API in the same pod
 
 
@@ -122,6 +142,21 @@ def test_kubernetes_standalone_runs_three_replicas_of_corsproxy_alone():
     budget = _one(manifest, "PodDisruptionBudget")
     assert budget["spec"]["selector"] == deployment["spec"]["selector"]
     assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+
+
+def test_kubernetes_saas_keeps_the_origins_file_in_its_own_configmap_beside_the_rules(tmp_path):
+    manifest = K8S_DIR / "saas.yaml"
+    maps = {d["metadata"]["name"]: d["data"] for d in _docs(manifest) if d["kind"] == "ConfigMap"}
+    assert {name: sorted(data) for name, data in maps.items()} == {
+        "corsproxy-saas-rules": ["config.yaml"], "corsproxy-customer-origins": ["customer-origins.txt"]}
+    rule = yaml.safe_load(maps["corsproxy-saas-rules"]["config.yaml"])["rules"][0]
+    assert {"file": "customer-origins.txt"} in rule["allow_origins"]
+    deployment = _one(manifest, "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert _configmap_names(volumes["config"]) == ["corsproxy-saas-rules", "corsproxy-customer-origins"]
+    # Without the origins file beside it, the rules do not load: the file is really used.
+    res = _check(maps["corsproxy-saas-rules"]["config.yaml"], tmp_path)
+    assert res.returncode == 2 and "customer-origins.txt" in res.stderr
 
 
 def _compose() -> dict[str, Any]:
@@ -171,5 +206,6 @@ def test_corsproxy_check_fails_on_a_broken_example_config(tmp_path):
 
 def test_examples_readme_explains_each_example():
     readme = (EXAMPLES / "README.md").read_text()
-    for name in ("docker-compose.yml", "corsproxy.yaml", "kubernetes/sidecar.yaml", "kubernetes/standalone.yaml"):
+    for name in ("docker-compose.yml", "corsproxy.yaml", "kubernetes/sidecar.yaml", "kubernetes/standalone.yaml",
+                 "kubernetes/saas.yaml"):
         assert name in readme, name

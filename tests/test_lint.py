@@ -9,6 +9,7 @@ import pytest
 
 from corsproxy.cli import main
 from corsproxy.lint import regex_overreach
+from corsproxy.origins import public_suffix_wildcard
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = "upstream: {url: 'http://127.0.0.1:9000'}\n"
@@ -56,12 +57,32 @@ def test_wildcard_over_a_public_suffix_is_warned_about(tmp_path, capsys):
       - https://*.co.uk
       - https://*.example.co.uk
       - http://*.localhost:*
+      - https://*.github.io
+      - https://*.herokuapp.com
+      - https://*.myorg.github.io
+      - https://*.corp
 """)
     assert code == 0
     why = ("admits every site under a public suffix: anyone can register one and read your API from it; name your "
            "own domain, e.g. 'https://*.example.com'")
     assert warnings == [f"{tmp_path}/c.yaml:4: warning: rules[0].allow_origins[0]: 'https://*.com' {why}",
-                        f"{tmp_path}/c.yaml:6: warning: rules[0].allow_origins[2]: 'https://*.co.uk' {why}"]
+                        f"{tmp_path}/c.yaml:6: warning: rules[0].allow_origins[2]: 'https://*.co.uk' {why}",
+                        f"{tmp_path}/c.yaml:9: warning: rules[0].allow_origins[5]: 'https://*.github.io' {why}",
+                        f"{tmp_path}/c.yaml:10: warning: rules[0].allow_origins[6]: 'https://*.herokuapp.com' {why}"]
+
+
+@pytest.mark.parametrize(("host", "public"), [
+    ("com", True), ("co.uk", True), ("github.io", True), ("herokuapp.com", True), ("s3.amazonaws.com", True),
+    ("example.com", False), ("myorg.github.io", False), ("localhost", False), ("corp", False), ("COM.", True),
+])
+def test_public_suffix_wildcard_uses_the_public_suffix_list_icann_and_private(host: str, public: bool) -> None:
+    assert public_suffix_wildcard(host) is public
+
+
+def test_a_regex_spanning_labels_under_a_public_suffix_is_warned_about():
+    assert regex_overreach(r"^https://.*\.github\.io$") == (
+        "regex '^https://.*\\.github\\.io$' also admits 'https://evil.github.io': github.io is a public suffix, "
+        "where anyone can get a subdomain; match your own names under it")
 
 
 def test_plain_http_origin_without_credentials_is_not_warned_about(tmp_path, capsys):
@@ -117,9 +138,22 @@ rules:
     allow_origins: [https://app.example.com]
     max_age: 7200
 """)
-    why = ("86400 seconds is over 7200; Chromium caps a cached preflight at 7200 s (2 h), so the extra time does "
-           "nothing there; write 7200 or less")
+    why = ("86400 seconds is over 7200; browsers cap a cached preflight (Chromium at 7200 s, Firefox at 86400 s, "
+           "Safari at 600 s, each per URL), so the extra time does nothing in most of them; write 7200 or less")
     assert warnings == [f"{tmp_path}/c.yaml:3: warning: defaults.max_age: {why}"]
+
+
+def test_allow_private_network_is_warned_about_as_deprecated(tmp_path, capsys):
+    code, warnings = check(tmp_path, capsys, """rules:
+  - allow_origins: [https://app.example.com]
+    allow_private_network: true
+""", "--strict")
+    assert code == 2
+    assert warnings == [
+        f"{tmp_path}/c.yaml:4: warning: rules[0].allow_private_network: allow_private_network is deprecated: Chrome "
+        "never enforced Private Network Access preflights and replaced them (Chrome 142) with Local Network Access, a "
+        "permission prompt no response header can skip; the key only answers the old preflight header. See the "
+        "README, 'Local Network Access'"]
 
 
 def test_allow_headers_star_with_credentials_is_warned_about(tmp_path, capsys):

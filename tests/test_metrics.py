@@ -155,7 +155,7 @@ rules:
     assert resp.status == 200
     assert named(await stack.scrape(), "corsproxy_requests_total") == {
         labels(rule="trial", method="GET", status_class="2xx", verdict="denied:origin (report-only)"): 1,
-        labels(rule="trial", method="other", status_class="2xx", verdict="allowed (report-only)"): 1,
+        labels(rule="trial", method="other", status_class="2xx", verdict="denied:method (report-only)"): 1,
     }
 
 

@@ -27,7 +27,7 @@ def rules(**fields: str) -> str:
     return f"""
 rules:
   - name: app
-    paths: ["/api/**", "/cors", "/hop", "/redirect", "/slow", "/ws"]
+    paths: ["/api/**", "/cors", "/hop", "/redirect", "/slow", "/ws", "/respond"]
     allow_origins: [{APP}]
     allow_methods: [GET, POST, PUT]
     allow_headers: [Content-Type]
@@ -175,10 +175,44 @@ async def test_report_only_denials_reach_access_log_metrics_and_admin_decisions(
 # ---------------------------------------------------------------------- upstream_cors
 
 
-async def test_upstream_cors_keep_leaves_an_upstream_allow_origin_as_sent(make_proxy, upstream):
+async def test_upstream_cors_keep_leaves_an_upstream_allow_origin_naming_the_request_origin_as_sent(
+        make_proxy, upstream):
     proxy = await make_proxy(rules(upstream_cors="keep"))
-    resp = await proxy.client.get("/cors", headers={"Origin": APP})
-    assert cors_part(resp) == {k.lower(): v for k, v in UPSTREAM_CORS.items()} | {"vary": "Accept-Encoding, Origin"}
+    sent = {"Access-Control-Allow-Origin": APP, "Access-Control-Expose-Headers": "X-Upstream"}
+    resp = await proxy.client.get("/respond", params=sent, headers={"Origin": APP})
+    assert cors_part(resp) == {"access-control-allow-origin": APP, "access-control-expose-headers": "X-Upstream",
+                               "vary": "Origin"}
+
+
+async def test_upstream_cors_keep_replaces_an_upstream_allow_origin_naming_another_origin(make_proxy, upstream):
+    proxy = await make_proxy(rules(upstream_cors="keep"))
+    resp = await proxy.client.get("/cors", headers={"Origin": APP})  # the upstream says upstream-says.example
+    assert cors_part(resp) == {
+        "access-control-allow-origin": APP,
+        "access-control-expose-headers": "X-Request-Id",
+        "vary": "Accept-Encoding, Origin",
+    }
+
+
+REFLECTED = {"Access-Control-Allow-Origin": "https://evil.com", "Access-Control-Allow-Credentials": "true"}
+
+
+async def test_upstream_cors_keep_on_a_star_rule_never_passes_a_reflected_origin_with_credentials(
+        make_proxy, upstream):
+    # SECURITY (issue 13.3): an upstream reflecting any Origin with credentials must not grant them through
+    # a rule that has no allow_credentials: the rule's own headers are written instead, as with replace.
+    proxy = await make_proxy('\nrules:\n  - name: open\n    paths: ["/respond"]\n    allow_origins: ["*"]\n'
+                             "    upstream_cors: keep\n")
+    resp = await proxy.client.get("/respond", params=REFLECTED, headers={"Origin": "https://evil.com"})
+    assert cors_part(resp) == {"access-control-allow-origin": "*", "vary": "Origin"}
+
+
+async def test_upstream_cors_keep_passes_upstream_credentials_only_when_the_rule_allows_them(make_proxy, upstream):
+    proxy = await make_proxy(rules(upstream_cors="keep", allow_credentials="true"))
+    resp = await proxy.client.get("/respond", params={**REFLECTED, "Access-Control-Allow-Origin": APP},
+                                  headers={"Origin": APP})
+    assert cors_part(resp) == {"access-control-allow-origin": APP, "access-control-allow-credentials": "true",
+                               "vary": "Origin"}
 
 
 async def test_upstream_cors_keep_fills_in_a_response_without_allow_origin(make_proxy, upstream):
@@ -195,6 +229,36 @@ async def test_upstream_cors_keep_still_strips_the_upstream_headers_for_a_denied
     proxy = await make_proxy(rules(upstream_cors="keep"))
     resp = await proxy.client.get("/cors", headers={"Origin": EVIL})
     assert cors_part(resp) == {"vary": "Accept-Encoding, Origin"}
+
+
+KEPT = ("kept", "the upstream's Access-Control-* grant no more than the rule")
+REPLACED = ("replaced", "the upstream's Access-Control-Allow-Origin 'https://upstream-says.example' is neither * "
+            "nor the request's origin")
+
+
+@pytest.mark.parametrize(("path", "params", "outcome"), [
+    pytest.param("/respond", {"Access-Control-Allow-Origin": APP}, KEPT, id="kept"),
+    pytest.param("/cors", {}, REPLACED, id="replaced"),
+])
+async def test_keep_says_whether_it_kept_or_replaced_in_the_log_and_the_decision_header(
+        aiohttp_client, upstream, caplog, path, params, outcome):
+    config = cfg.parse(f"upstream: {{url: '{upstream.url}/v1'}}\ndebug: {{decision_header: true}}\n"
+                       f"{rules(upstream_cors='keep')}", "t.yaml", env={})
+    proxy = await aiohttp_client(build_app(config, observers=[AccessLog().observe]))  # aiohttp's request path
+    with caplog.at_level("INFO", logger=ACCESS_LOGGER):
+        resp = await proxy.get(path, params=params, headers={"Origin": APP})
+    assert resp.headers["CORS-Decision"] == (f'rule=app; verdict=allowed; upstream_cors={outcome[0]}; '
+                                             f'detail="origin allowed; upstream CORS headers {outcome[0]}: '
+                                             f'{outcome[1]}"')
+    (record,) = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert record.getMessage().endswith(f' upstream_cors={outcome[0]} upstream_cors_reason="{outcome[1]}"')
+    assert (record.access["upstream_cors"], record.access["upstream_cors_reason"]) == outcome
+
+
+async def test_keep_says_kept_or_replaced_on_the_connection_level_path_too(make_proxy, upstream):
+    proxy = await make_proxy(rules(upstream_cors="keep"), extra="debug: {decision_header: true}")
+    resp = await proxy.client.get("/cors", headers={"Origin": APP})
+    assert "upstream_cors=replaced" in resp.headers["CORS-Decision"]
 
 
 async def test_upstream_cors_replace_is_the_default(make_proxy, upstream):

@@ -78,6 +78,20 @@ rules:
     paths: ["/reject/**"]
     allow_origins: ["https://app.example.com"]
     disallowed_origin: reject
+  - name: corp
+    paths: ["/corp/**"]
+    allow_origins: ["https://app.example.com"]
+    cross_origin_resource_policy: cross-origin
+    disallowed_origin: reject
+  - name: read-only
+    paths: ["/ro/**"]
+    allow_origins: ["https://app.example.com"]
+    allow_methods: [GET]
+  - name: read-only-star
+    paths: ["/ro-star/**"]
+    allow_origins: ["*"]
+    allow_methods: [GET, HEAD]
+    disallowed_origin: reject
 """
 POLICY = Policy.from_config(cfg.parse(CONFIG, "policy.yaml", {}))
 
@@ -382,6 +396,57 @@ def test_actual_request_from_allowed_origin_is_forwarded_when_rule_says_reject()
 def test_actual_request_from_a_look_alike_origin_gets_no_cors_header(origin: str) -> None:
     _, headers = actual("/exact/x", origin)
     assert headers == sorted(BASE + [VARY_ORIGIN])
+
+
+ACTUAL_METHODS = [
+    pytest.param("/ro/x", "GET", "allowed", None, id="listed"),
+    pytest.param("/ro/x", "HEAD", "allowed", None, id="head-counts-wherever-get-does"),
+    pytest.param("/ro/x", "OPTIONS", "allowed", None, id="options-that-is-not-a-preflight-always-counts"),
+    pytest.param("/ro/x", "POST", "denied:method", None, id="simple-cross-site-post-cannot-be-read"),
+    pytest.param("/ro/x", "patch", "denied:method", None, id="compared-exactly"),
+    pytest.param("/ro-star/x", "POST", "denied:method", 403, id="star-rule-reject-answers-403"),
+    pytest.param("/any/x", "PROPFIND", "allowed", None, id="star-methods-allow-any"),
+]
+
+
+@pytest.mark.parametrize(("path", "method", "verdict", "status"), ACTUAL_METHODS)
+def test_actual_request_method_must_be_allowed(path: str, method: str, verdict: str, status: int | None) -> None:
+    decision, headers = actual(path, APP, method=method)
+    assert (decision.kind, decision.verdict, decision.status) == ("actual", verdict, status)
+    if verdict == "allowed":
+        assert ("Access-Control-Allow-Origin", APP if path != "/ro-star/x" else "*") in headers
+    else:  # the answer of a disallowed origin: no Access-Control-*, Vary: Origin
+        assert decision.reason == f"method {method} not in allow_methods (rule '{decision.rule_name}')"
+        if status is None:
+            assert headers == sorted(BASE + [VARY_ORIGIN])
+        else:
+            assert respond_headers(decision) == [TEXT, ("Vary", "Origin")]
+
+
+CORP_UPSTREAM = [("Content-Type", "image/png"), ("Cross-Origin-Resource-Policy", "same-origin")]
+CORP = ("Cross-Origin-Resource-Policy", "cross-origin")
+
+
+@pytest.mark.parametrize(("origin", "method", "expected"), [
+    pytest.param(None, "GET", [CORP_UPSTREAM[0], CORP, ("Vary", "Origin")], id="no-cors-embed-without-origin"),
+    pytest.param(APP, "GET", [CORP_UPSTREAM[0], ("Access-Control-Allow-Origin", APP), CORP, ("Vary", "Origin")],
+                 id="allowed"),
+])
+def test_cross_origin_resource_policy_replaces_the_upstreams_on_every_response_of_the_rule(
+        origin: str | None, method: str, expected: list[tuple[str, str]]) -> None:
+    _, headers = actual("/corp/x.png", origin, CORP_UPSTREAM, method=method)
+    assert headers == sorted(expected)
+
+
+def test_cross_origin_resource_policy_is_on_the_proxys_own_answers_too() -> None:
+    rejected = decide(POLICY, CorsRequest("GET", "/corp/x", ("https://evil.test",)))
+    assert respond_headers(rejected) == [CORP, TEXT, ("Vary", "Origin")]
+    assert ("Cross-Origin-Resource-Policy", "cross-origin") in respond_headers(preflight("/corp/x", APP))
+
+
+def test_without_cross_origin_resource_policy_the_upstreams_header_is_left_alone() -> None:
+    _, headers = actual("/exact/x.png", None, CORP_UPSTREAM)
+    assert headers == sorted(CORP_UPSTREAM + [("Vary", "Origin")])
 
 
 def test_options_without_request_method_is_an_actual_request() -> None:

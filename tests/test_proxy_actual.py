@@ -8,6 +8,15 @@ from tests.test_proxy_preflight import cors_headers
 APP = "https://app.example.com"
 RULES = """
 rules:
+  - name: read-only
+    paths: ["/ro/**"]
+    allow_origins: [https://app.example.com]
+    allow_methods: [GET, HEAD]
+    disallowed_origin: reject
+  - name: read-only-forward
+    paths: ["/ro-forward/**"]
+    allow_origins: [https://app.example.com]
+    allow_methods: [GET]
   - name: strict
     paths: ["/strict/**"]
     allow_origins: [https://app.example.com]
@@ -98,6 +107,28 @@ async def test_disallowed_origin_rejected_never_reaches_the_upstream(make_proxy:
     allowed = await proxy.client.post("/strict/orders", data=b"amount=1", headers={"Origin": APP})
     assert allowed.status == 200
     assert upstream.count() == 1
+
+
+async def test_a_simple_post_to_a_read_only_rule_is_rejected_before_the_upstream(make_proxy: MakeProxy,
+                                                                                 upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    resp = await proxy.client.post("/ro/orders", data=b"amount=1000", headers={"Origin": APP})
+    assert (resp.status, await resp.text()) == (403, "method POST not in allow_methods (rule 'read-only')\n")
+    assert cors_headers(resp.headers) == {"Vary": "Origin"}
+    assert upstream.count() == 0
+    assert proxy.exchanges[-1].decision.verdict == "denied:method"
+    resp = await proxy.client.head("/ro/orders", headers={"Origin": APP})
+    assert (resp.status, resp.headers["Access-Control-Allow-Origin"]) == (200, APP)
+
+
+async def test_a_method_a_rule_does_not_list_is_forwarded_without_cors_headers(make_proxy: MakeProxy,
+                                                                               upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    resp = await proxy.client.post("/ro-forward/orders", data=b"x", headers={"Origin": APP})
+    assert resp.status == 200 and upstream.count("POST") == 1
+    assert cors_headers(resp.headers) == {"Vary": "Accept-Encoding, Origin"}
+    head = await proxy.client.head("/ro-forward/orders", headers={"Origin": APP})  # HEAD counts where GET does
+    assert head.headers["Access-Control-Allow-Origin"] == APP
 
 
 async def test_invalid_origin_on_a_star_rule_gets_a_literal_star(make_proxy: MakeProxy) -> None:

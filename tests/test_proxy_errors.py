@@ -226,3 +226,36 @@ async def test_waiting_for_a_free_upstream_connection_is_bounded_by_connect_time
     assert loop.time() - started < 3
     assert cors_headers(resp.headers) == ERROR_CORS
     stream.close()
+
+
+SERVED = [
+    pytest.param(b"OPTIONS /x HTTP/1.1\r\nHost: p\r\nOrigin: https://app.example.com\r\n"
+                 b"Access-Control-Request-Method: PUT\r\n\r\n", 204, id="preflight-at-the-connection"),
+    pytest.param(b"OPTIONS /x HTTP/1.1\r\nHost: p\r\nOrigin: https://app.example.com\r\n"
+                 b"Access-Control-Request-Method: PUT\r\nConnection: close\r\n\r\n", 204, id="preflight-by-aiohttp"),
+    pytest.param(b"GET /a/../b HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n", 400, id="bad-path"),
+    pytest.param(b"GET /x HTTP/1.1\r\nHost: p\r\n\r\n", 502, id="refused-at-the-connection"),
+    pytest.param(b"GET /x HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n", 502, id="refused-by-aiohttp"),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), SERVED)
+async def test_responses_the_proxy_makes_say_server_corsproxy_with_no_versions(
+        make_proxy: MakeProxy, closed_port: int, request_bytes: bytes, status: int) -> None:
+    proxy = await make_proxy(RULES, upstream_url=f"http://127.0.0.1:{closed_port}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.client.port)
+    try:
+        writer.write(request_bytes)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    lines = head.decode().split("\r\n")
+    assert lines[0].split(" ")[1] == str(status)
+    assert [line for line in lines if line.lower().startswith("server:")] == ["Server: corsproxy"]
+
+
+async def test_a_relayed_response_keeps_the_upstreams_server_header(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES)
+    resp = await proxy.client.get("/respond", params={"Server": "legacy-api/2"})
+    assert resp.headers.getall("Server") == ["legacy-api/2"]

@@ -275,3 +275,30 @@ async def test_304_from_the_upstream_has_no_body(make_proxy: MakeProxy) -> None:
     assert resp.body == b""
     assert resp.headers["ETag"] == '"v1"'
     assert "Transfer-Encoding" not in resp.headers
+
+
+STORAGE_RULES = """
+rules:
+  - name: app
+    paths: ["/**"]
+    allow_origins: [https://app.example.com]
+    allow_credentials: true
+"""
+
+
+@pytest.mark.parametrize("value", ["none", "inactive", "active"])
+async def test_sec_fetch_storage_access_reaches_the_upstream_untouched(make_proxy: MakeProxy, value: str) -> None:
+    # Storage Access headers (Chrome 133+): the browser says whether the page holds unpartitioned cookie access.
+    proxy = await make_proxy(STORAGE_RULES)
+    resp = await proxy.client.get("/api/x", headers={"Origin": "https://app.example.com",
+                                                     "Sec-Fetch-Storage-Access": value})
+    assert echoed(await resp.json())["sec-fetch-storage-access"] == value
+
+
+async def test_activate_storage_access_reaches_the_client_untouched(make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy(STORAGE_RULES)
+    sent = {"Activate-Storage-Access": 'retry; allowed-origin="https://app.example.com"'}
+    for extra in ({}, {"Connection": "close"}):  # the connection-level path and aiohttp's
+        resp = await proxy.client.get("/respond", params=sent, headers={"Origin": "https://app.example.com", **extra})
+        assert resp.headers.getall("Activate-Storage-Access") == [sent["Activate-Storage-Access"]]
+        assert resp.headers["Access-Control-Allow-Credentials"] == "true"

@@ -307,6 +307,35 @@ async def test_a_change_of_the_file_reloads_it_without_a_signal_and_a_bad_one_ke
     assert total(metrics, "corsproxy_config_reloads_total", result="failed") == 1
 
 
+async def test_no_log_line_ever_carries_a_password_written_in_the_upstream_url(spawn, tmp_path, upstream):
+    # SECURITY (issue 13.5): the startup line printed "-> http://bob:s3cret@..."; now such a URL is a config error
+    # at start and on reload, and its message masks the password.
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    proc = spawn("-c", str(setup.path))
+    await proc.wait_line(lambda line: "listening on" in line)
+    setup.upstream_url = upstream.url.replace("http://", "http://bob:s3cret@")
+    setup.write(rule("app"))
+    failed = await proc.wait_line(lambda line: "reload (file changed) failed" in line, timeout=5)
+    assert "carries a user name and password" in failed and "bob:***@" in failed
+    again = spawn("-c", str(setup.path))
+    assert await again.wait_exit(20) == 2
+    assert any(":2:" in line and "upstream.url: " in line for line in again.lines)
+    assert [line for line in proc.lines + again.lines if "s3cret" in line] == []
+
+
+async def test_serve_upstream_flag_stands_in_for_a_file_without_upstream(spawn, tmp_path, upstream):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.path.write_text(setup.text(rule("app")).replace(f"upstream: {{url: '{upstream.url}/v1', read_timeout: 30}}\n",
+                                                          ""))
+    assert "upstream" not in setup.path.read_text()
+    proc = spawn("-c", str(setup.path), "--upstream", upstream.url + "/v1")
+    await proc.wait_line(lambda line: "listening on" in line)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(setup.url + "/x", headers={"Origin": ORIGIN}) as resp:
+            assert resp.status == 200 and (await resp.json())["raw_path"] == "/v1/x"
+
+
 # ---------------------------------------------------------------- graceful stop
 
 
@@ -442,8 +471,54 @@ async def test_a_port_in_use_stops_the_supervisor_with_exit_3_instead_of_restart
         taken.listen()
         proc = spawn("-c", str(setup.path), "--workers", "2")
         assert await proc.wait_exit(20) == 3
-    assert any("cannot start" in line and "address already in use" in line.lower() for line in proc.lines)
+    assert any("cannot start: listen.port" in line and "is in use" in line for line in proc.lines)
     assert not any("restarting" in line for line in proc.lines)
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin"])
+async def test_a_port_in_use_is_named_by_its_key_with_the_fix_and_nothing_else_is_said(spawn, tmp_path, upstream,
+                                                                                       taken):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    port = setup.port if taken == "listen" else setup.admin_port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        proc = spawn("-c", str(setup.path))
+        assert await proc.wait_exit(20) == 3
+    fix = ("pass --port P or set listen.port to a free port" if taken == "listen" else
+           "set admin.port to a free port, or admin: null to run without the admin listener")
+    assert [(r["level"], r["message"]) for r in proc.records()] == [
+        ("error", f"cannot start: {taken}.port {port} on 127.0.0.1 is in use by another process; {fix}")]
+
+
+async def test_a_port_flag_meeting_the_admin_port_is_said_before_anything_binds(spawn, tmp_path, upstream):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    proc = spawn("-c", str(setup.path), "--port", str(setup.admin_port))
+    assert await proc.wait_exit(20) == 3
+    assert [(r["level"], r["message"]) for r in proc.records()] == [
+        ("error", f"cannot start: listen.port and admin.port are both {setup.admin_port}; pass another --port, or "
+                  "give admin.port another port (default 9901), or admin: null")]
+
+
+async def test_an_upstream_that_refuses_connections_is_one_warning_at_start_and_serving_goes_on(spawn, tmp_path):
+    from corsproxy.testing import free_port as closed
+
+    gone = closed()
+    setup = Setup(tmp_path / "config.yaml", f"http://127.0.0.1:{gone}")
+    setup.write(rule("app"))
+    proc = spawn("-c", str(setup.path))
+    await proc.wait_line(lambda line: "listening on" in line)
+    warnings = [r["message"] for r in proc.records() if r["level"] == "warning"]
+    assert warnings == [f"upstream 127.0.0.1:{gone} does not accept connections (Connection refused); serving "
+                        "anyway: requests get 502 and /readyz says 503 until it does"]
+    async with aiohttp.ClientSession() as session:
+        await until_up(session, setup)
+        async with session.get(setup.admin + "/readyz") as resp:
+            assert resp.status == 503
+        async with session.get(setup.url + "/x", headers={"Origin": ORIGIN}) as resp:
+            assert resp.status == 502
 
 
 async def test_admin_null_runs_the_proxy_without_an_admin_listener(spawn, tmp_path, upstream):

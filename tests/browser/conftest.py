@@ -9,6 +9,7 @@ same site, different origin, so cookies work with ``credentials: 'include'``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -113,6 +114,17 @@ def loop() -> Iterator[Loop]:
         yield lp
     finally:
         lp.close()
+
+
+@contextlib.contextmanager
+def running(loop: Loop, start: Awaitable[tuple[T, list[web.AppRunner]]]) -> Iterator[T]:
+    """What ``start`` started on ``loop`` (a module's site), its runners cleaned up at the end."""
+    started, runners = loop.run(start)
+    try:
+        yield started
+    finally:
+        for runner in runners:
+            loop.run(runner.cleanup())
 
 
 async def start_site(app: web.Application, runner: web.AppRunner | None = None, port: int = 0

@@ -16,7 +16,7 @@ from corsproxy import config as cfg
 from corsproxy.admin import AdminState, build_admin
 from corsproxy.app import build_app
 from corsproxy.decisions import DecisionLog
-from tests.browser.conftest import Loop, fetch, open_page, start_site
+from tests.browser.conftest import Loop, fetch, open_page, running, start_site
 
 pytestmark = pytest.mark.browser
 
@@ -73,12 +73,8 @@ async def _start() -> tuple[Site, list[web.AppRunner]]:
 
 @pytest.fixture(scope="module")
 def site(loop: Loop) -> Iterator[Site]:
-    started, runners = loop.run(_start())
-    try:
+    with running(loop, _start()) as started:
         yield started
-    finally:
-        for runner in runners:
-            loop.run(runner.cleanup())
 
 
 def test_decisions_page_names_the_reason_for_a_browser_cors_error(context, site: Site, tmp_path: Path):

@@ -63,8 +63,15 @@ def test_demo_page_shows_each_call_blocked_or_allowed_and_why(browser, running: 
         assert "browser → corsproxy: OPTIONS /api/notes/2 ⇒ 204 No Content" in text["proxy-put"]
         assert "browser → corsproxy: PUT /api/notes/2 ⇒ 200 OK" in text["proxy-put"]
         assert "Learn CORS (changed from the page)" in text["proxy-put"]
-        # 5: the private rule does not allow the page; the decision header says why.
+        # The API's view of a forwarded request: what corsproxy added (Host, X-Forwarded-*) apart from the browser's.
+        sent = page.locator("#proxy-get .hop.forwarded details.browser-sent pre").text_content()
+        added = page.locator("#proxy-get .hop.forwarded details.proxy-added pre").text_content()
+        assert "X-Forwarded-For:" in added and "Host:" in added
+        assert "X-Forwarded" not in sent and "Host:" not in sent and "User-Agent:" in sent
+        # 5: the private rule does not allow the page; the decision header says why, and no note says otherwise.
         assert "verdict=denied:origin" in text["proxy-private"]
+        assert "corsproxy adds none: rule private does not allow this page's origin" in text["proxy-private"]
+        assert "adds them on the way back" not in text["proxy-private"]
         assert "revenue" not in page.inner_text("#proxy-private .outcome")
         shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "demo.png"
         page.screenshot(path=str(shot), full_page=True)
