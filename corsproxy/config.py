@@ -41,8 +41,8 @@ ResourcePolicy = Literal["same-site", "same-origin", "cross-origin"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG_PATH = "config.yaml"
-# Read once at start (listeners, the upstream pool): a reload that changes them waits for a restart.
-RESTART_ONLY = ("listen", "admin", "upstream.max_connections", "upstream.tls_verify", "upstream.ca_file")
+# Read once at start (the listeners): a reload that changes them waits for a restart (README "Reload").
+RESTART_ONLY = ("listen.host", "listen.port", "listen.tls", "admin")
 # Methods a browser uppercases whatever the page wrote (Fetch "normalize a method").
 NORMALIZED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 ANY = ("*",)

@@ -283,7 +283,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         except (TimeoutError, asyncio.CancelledError):
             if (me := asyncio.current_task()) is not None and me.cancelling():
                 raise  # our own stop was cancelled, not the request
-        left = None if deadline is None else max(0.0, deadline - self._loop.time())
+        # (at least a moment: aiohttp reads a timeout of 0 as none at all)
+        left = None if deadline is None else max(0.01, deadline - self._loop.time())
         await super().shutdown(left)
 
     def _restart_keepalive(self) -> None:

@@ -132,8 +132,8 @@ class Exchange:
 Observer = Callable[[Exchange], None]
 
 LIVE_KEY = web.AppKey("live", Live)
-SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)  # WebSockets only
-POOLS_KEY = web.AppKey("pools", dict)  # (scheme, host, port, tls settings) -> upstream.Pool
+SESSIONS_KEY = web.AppKey("sessions", dict)  # pool_key -> aiohttp.ClientSession, for WebSockets only
+POOLS_KEY = web.AppKey("pools", dict)  # pool_key -> upstream.Pool
 OBSERVERS_KEY = web.AppKey("observers", list[Observer])
 # Told when a request starts (after the decision), before its observers are told it finished.
 STARTED_KEY = web.AppKey("started", list[Observer])
@@ -327,13 +327,21 @@ def _too_large(request: web.Request, limit: int | None) -> bool:
     return limit is not None and request.content_length is not None and request.content_length > limit
 
 
-def pool_for(app: web.Application, snap: Snapshot) -> Pool:
-    """The keep-alive pool for the snapshot's upstream (a reload to another upstream gets its own)."""
+def pool_key(snap: Snapshot) -> tuple[object, ...]:
+    """Everything an upstream pool (and the WebSocket session) is made from: a reload that changes any of it gets
+    a new one, and requests already running finish on theirs."""
     up = snap.config.upstream
-    key = (snap.upstream.scheme, snap.upstream.raw_host, snap.upstream.port, up.tls_verify, up.ca_file)
+    return (snap.upstream.scheme, snap.upstream.raw_host, snap.upstream.port, up.tls_verify, up.ca_file,
+            up.connect_timeout, up.read_timeout, up.max_connections)
+
+
+def pool_for(app: web.Application, snap: Snapshot) -> Pool:
+    """The keep-alive pool for the snapshot's upstream and its settings (:func:`pool_key`)."""
+    key = pool_key(snap)
     pools = app[POOLS_KEY]
     pool = pools.get(key)
     if pool is None:
+        up = snap.config.upstream
         tls = pool_ssl(snap.config) if snap.upstream.scheme == "https" else None
         pool = pools[key] = Pool(
             snap.upstream.raw_host or "", snap.upstream.port or 80, ssl_context=tls,
@@ -341,6 +349,38 @@ def pool_for(app: web.Application, snap: Snapshot) -> Pool:
             connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
         )
     return pool
+
+
+def ws_session(app: web.Application, snap: Snapshot) -> aiohttp.ClientSession:
+    """aiohttp's client session for WebSockets, made from the same settings as the pool (:func:`pool_key`)."""
+    key = pool_key(snap)
+    sessions = app[SESSIONS_KEY]
+    session = sessions.get(key)
+    if session is None:
+        up = snap.config.upstream
+        session = sessions[key] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=client_ssl(snap.config),
+                                           enable_cleanup_closed=False),
+            auto_decompress=False,  # encoded bodies pass byte for byte
+            cookie_jar=aiohttp.DummyCookieJar(),  # SECURITY: never carry one client's cookies to another
+            trust_env=False,
+            read_bufsize=2**16,
+            # The handshake is bounded like any upstream request; once open, aiohttp drops the read
+            # timeout (ws_receive=None), so an idle WebSocket is not cut.
+            timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout, sock_connect=up.connect_timeout,
+                                          sock_read=up.read_timeout),
+        )
+    return session
+
+
+def retire_pools(app: web.Application, snap: Snapshot) -> None:
+    """After a reload: pools made for other settings keep no idle connection and reuse none (the requests still
+    running on them finish there). Their WebSocket sessions stay until the app stops: closing one would cut
+    the WebSockets open on it."""
+    key = pool_key(snap)
+    pools = app[POOLS_KEY]
+    for old in [k for k in pools if k != key]:
+        pools.pop(old).retire()
 
 
 async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.StreamResponse:
@@ -563,7 +603,7 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
     headers = CIMultiDict(upstream_headers(snap, request, WS_HANDSHAKE_HEADERS))
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
-        upstream = await request.app[SESSION_KEY].ws_connect(
+        upstream = await ws_session(request.app, snap).ws_connect(
             upstream_url(snap, request), headers=headers, protocols=protocols, autoping=False, autoclose=False,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=WS_CLOSE_TIMEOUT),
         )

@@ -43,7 +43,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from . import logs
 from .admin import AdminState, build_admin
 from .app import build_app, reload
-from .config import Config, ConfigError
+from .config import RESTART_ONLY, Config, ConfigError
 from .decisions import DecisionLog
 from .fastpath import fast_answerer
 from .guard import GuardedRunner
@@ -59,8 +59,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_PAUSE = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
 EXIT_STARTUP = 3  # could not listen (uvicorn's STARTUP_FAILURE); a supervisor does not restart such a worker
 KILL_GRACE = 5.0  # seconds past drain_timeout the supervisor waits before killing a worker
-# Read once at startup: a change needs a restart (logged when a reload changes them).
-RESTART_ONLY = ("listen", "admin", "upstream.max_connections", "upstream.tls_verify", "upstream.ca_file")
 
 Loader = Callable[[], Config]
 
@@ -344,8 +342,10 @@ class Server:
 
     async def shutdown(self) -> None:
         self.admin.draining = True
-        log.info("stopping: no new connections; in-flight requests get up to %gs",
-                 self.config().listen.drain_timeout)
+        drain = self.config().listen.drain_timeout
+        if self.proxy_runner is not None:
+            self.proxy_runner._shutdown_timeout = drain  # the value in force now: drain_timeout reloads
+        log.info("stopping: no new connections; in-flight requests get up to %gs", drain)
         # The proxy first (stop accepting, drain), the admin last: /readyz says 503 meanwhile.
         for runner in self.runners:
             await runner.cleanup()
@@ -406,7 +406,7 @@ class Supervisor:
         poller = asyncio.ensure_future(self._poll())
         await self.stop.wait()
         poller.cancel()
-        await self._stop_workers(keepers, config.listen.drain_timeout)
+        await self._stop_workers(keepers, self.current.listen.drain_timeout)
         if admin is not None:
             await admin.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)

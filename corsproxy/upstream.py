@@ -432,6 +432,7 @@ class Pool:
         self._count = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._read_buffer = memoryview(bytearray(READ_SIZE))  # shared by its connections (see Connection)
+        self.retired = False
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
                       body: AsyncIterable[bytes] | None, *, length: int | None, chunked: bool = False,
@@ -480,6 +481,14 @@ class Pool:
     async def close(self) -> None:
         for conn in self._idle:
             conn.close()
+        self._idle.clear()
+
+    def retire(self) -> None:
+        """Replaced (a reload changed the settings): close the idle connections, and each busy one when released."""
+        self.retired = True
+        for conn in self._idle:
+            conn.close()
+            self._count -= 1
         self._idle.clear()
 
     async def _acquire(self) -> tuple[Connection, bool]:
@@ -534,7 +543,7 @@ class Pool:
         return conn
 
     def _put_back(self, conn: Connection) -> None:
-        if conn.reusable:
+        if conn.reusable and not self.retired:
             self._idle.append(conn)
         else:
             self._discard(conn, close=True)

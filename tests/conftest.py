@@ -6,17 +6,20 @@ import asyncio
 import gzip
 import hashlib
 import json
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
 from corsproxy import config as cfg
-from corsproxy.app import build_app
+from corsproxy.app import build_app, reload
 from corsproxy.proxy import Exchange
 from corsproxy.server import make_runner, server_ssl
 
@@ -298,6 +301,34 @@ async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upst
     return up
 
 
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def pem_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+    """cert/key for 127.0.0.1 and the CA file, written where a config can name them."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {"cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem", "ca": tmp_path / "ca.pem"}
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(paths["cert"]), append=True)
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.fixture
+async def tls_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]], pem_files: dict[str, str]) -> Upstream:
+    """The upstream over HTTPS, with a certificate from ``ca``."""
+    up = Upstream()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem_files["cert"], pem_files["key"])
+    up.server = await aiohttp_server(up.app, host="127.0.0.1", ssl=ctx)
+    return up
+
+
 # The "app" rule most tests use: every origin kind, credentials.
 APP_RULE = """
   - name: app
@@ -323,9 +354,16 @@ BASE_RULES = "\nrules:" + APP_RULE + """
 class Proxy:
     """The proxy under test, its client and what it observed."""
 
-    def __init__(self, client: TestClient, exchanges: list[Exchange]) -> None:
+    def __init__(self, client: TestClient, exchanges: list[Exchange], text: str = "") -> None:
         self.client = client
         self.exchanges = exchanges
+        self.text = text  # the config it runs
+
+    def reload(self, text: str) -> None:
+        """Reload ``text`` as ``corsproxy serve`` does on SIGHUP (app.reload)."""
+        assert self.client.server.app is not None
+        reload(self.client.server.app, cfg.parse(text, "test.yaml", env={}))
+        self.text = text
 
     @property
     def url(self) -> str:
@@ -367,7 +405,7 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
         server = ProxyTestServer(app, config, fast=fast, host="127.0.0.1")
         await server.start_server(**server_kwargs)
         client = await aiohttp_client(server, auto_decompress=False, **(client_kwargs or {}))
-        return Proxy(client, exchanges)
+        return Proxy(client, exchanges, text)
 
     return make
 

@@ -35,7 +35,7 @@ async def test_every_private_aiohttp_member_corsproxy_uses_exists() -> None:
     assert {where: names for where, names in missing.items() if names} == {}
 
 
-@pytest.mark.parametrize("module", ["guard", "fastpath", "proxy", "app"])
+@pytest.mark.parametrize("module", ["guard", "fastpath", "proxy", "app", "server"])
 def test_every_private_aiohttp_member_the_code_touches_is_listed(module: str) -> None:
     """A new private use must be added to internals.py (and so to the test above)."""
     listed = {name for value in vars(internals).values() if isinstance(value, tuple) for name in value}
@@ -43,7 +43,7 @@ def test_every_private_aiohttp_member_the_code_touches_is_listed(module: str) ->
     own = set(re.findall(r"\bdef (_\w+)|self\.(_\w+) = ", source))
     defined = {name for pair in own for name in pair if name}
     # Members of RequestHandler (self._x in guard), and of aiohttp objects reached by name.
-    used = set(re.findall(r"(?:self|plain|resp|app|request|web_protocol)\.(_[a-zA-Z]\w*)", source))
+    used = set(re.findall(r"(?:self|plain|resp|app|request|web_protocol|proxy_runner)\.(_[a-zA-Z]\w*)", source))
     assert used - defined - listed - {"_guard"} == set()
 
 
