@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from .config import Config
@@ -48,7 +49,7 @@ class CatchAllRouter(web.UrlDispatcher):
     cost (bench/README.md). The proxy handler reads ``request.raw_path`` itself.
     """
 
-    def __init__(self, handler: web.Handler) -> None:
+    def __init__(self, handler: Handler) -> None:
         super().__init__()
         self._route = self.add_route("*", "/{tail:.*}", handler)
 

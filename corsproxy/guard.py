@@ -443,7 +443,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._loop.call_later(LINGER, transport.close)
 
 
-def abort(transport: asyncio.BaseTransport | None, *, reset: bool = False) -> None:
+def abort(transport: asyncio.Transport | None, *, reset: bool = False) -> None:
     """Break a client connection whose response cannot be finished (the status line is gone already: a broken
     connection is the only honest signal left). ``reset``: at once, with an RST, dropping what the kernel still
     holds for it (a client too slow to take it would otherwise get it, and the FIN, minutes later)."""
@@ -502,7 +502,7 @@ class GuardedServer(web.Server):
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float, min_data_rate: float | None = None,
                  fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._guard = {"header_timeout": header_timeout, "body_timeout": body_timeout,
+        self._guard: dict[str, Any] = {"header_timeout": header_timeout, "body_timeout": body_timeout,
                        "min_data_rate": min_data_rate, "fast_answer": fast_answer}
 
     def __call__(self) -> GuardedHandler:

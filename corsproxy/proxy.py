@@ -56,14 +56,20 @@ FORWARDED_BY_US = frozenset({"x-forwarded-proto", "x-forwarded-host"})
 
 
 class Incoming(Protocol):
-    """What forwarding reads of a client's request: an aiohttp ``web.Request``, or fastpath's own."""
+    """What forwarding reads of a client's request: an aiohttp ``web.Request``, or fastpath's own (read-only)."""
 
-    method: str
-    raw_path: str
-    headers: CIMultiDictProxy[str]
-    remote: str | None
-    scheme: str
-    host: str
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +162,11 @@ class BodyTooLarge(RequestBodyError):
 
 async def handle(request: web.Request) -> web.StreamResponse:
     snap = request.app[LIVE_KEY].current
+    bad: BadPath | None = None
     try:
         path = _rule_path(request.raw_path)
     except BadPath as exc:
         path, bad = resolve_dots(request.raw_path), exc
-    else:
-        bad = None
     decision = decide(snap.policy, CorsRequest.from_headers(request.method, path, request.headers))
     ex = Exchange(request.method, request.raw_path, request.remote or "-", decision)
     for hook in request.app.get(STARTED_KEY, ()):
@@ -189,8 +194,9 @@ def _rule_path(raw_path: str) -> str:
 
 def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Response:
     ex.status = resp.status
-    sent = request.method != "HEAD" and isinstance(resp.body, bytes)  # aiohttp sends a HEAD answer's length only
-    ex.bytes_out = len(resp.body or b"") if sent else 0
+    body = resp.body
+    sent = request.method != "HEAD" and isinstance(body, bytes)  # aiohttp sends a HEAD answer's length only
+    ex.bytes_out = len(body) if sent and isinstance(body, bytes) else 0
     return resp
 
 
@@ -522,7 +528,7 @@ async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, ups
         ex.bytes_out += sent[0]
 
 
-def broke_off(request: Incoming, ex: Exchange, exc: Exception, transport: asyncio.BaseTransport | None) -> None:
+def broke_off(request: Incoming, ex: Exchange, exc: Exception, transport: asyncio.Transport | None) -> None:
     """Log an exchange that broke off after its response began, and abort the client connection."""
     abort(transport, reset=isinstance(exc, splice.DestinationTooSlow))
     if isinstance(exc, UpstreamError):  # resets, malformed framing and the read timeout

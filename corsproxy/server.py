@@ -31,7 +31,7 @@ import signal
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +174,8 @@ class FilesWatch:
     """
 
     def __init__(self, paths: list[str], kept: FilesWatch | None = None) -> None:
-        old = kept.watches if kept is not None else {}
-        self.watches = {path: old.get(path) or FileWatch(path) for path in dict.fromkeys(paths)}
+        old: dict[str, FileWatch] = kept.watches if kept is not None else {}
+        self.watches: dict[str, FileWatch] = {path: old.get(path) or FileWatch(path) for path in dict.fromkeys(paths)}
 
     def changed(self) -> bool:
         return any([watch.changed() for watch in self.watches.values()])  # a list: every stamp is brought up to date
@@ -455,7 +455,7 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker_socket(self.dir, pid))
 
-    async def _stop_workers(self, keepers: list[asyncio.Future[None]], drain: float) -> None:
+    async def _stop_workers(self, keepers: Sequence[asyncio.Future[None]], drain: float) -> None:
         self.stopping = True
         self.admin.draining = True
         log.info("stopping %d worker(s): in-flight requests get up to %gs", len(self._live()), drain)
