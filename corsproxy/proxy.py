@@ -470,6 +470,8 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
         if whole is not None:
             # All of it is here already: head and body leave in one write (aiohttp's opt-in buffering).
             resp._send_headers_immediately = False
+            if has_body:  # framed by its length, whatever the upstream's framing was (as the fast path does)
+                resp.content_length = len(whole)
             ex.bytes_out += len(whole)
             await resp.prepare(request)
             await resp.write_eof(whole)

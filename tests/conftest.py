@@ -385,14 +385,29 @@ class ProxyTestServer(TestServer):
         return make_runner(self.app, self.config, fast_preflights=self.fast)
 
 
+PROXY_PATHS = ["fast-path", "aiohttp-path"]
+
+
+@pytest.fixture(params=PROXY_PATHS)
+def proxy_path(request: pytest.FixtureRequest) -> str:
+    """The way through the proxy every make_proxy test runs on, each test once per way (as uvicorn runs its
+    protocol tests on both implementations): the connection-level fast path (on in production, fastpath.py)
+    and aiohttp's request path (the same server with it off). A module about one of them parametrises this
+    with ``indirect=True``."""
+    return str(request.param)
+
+
 @pytest.fixture
 def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
-               aiohttp_server: Callable[..., Awaitable[TestServer]], upstream: Upstream) -> MakeProxy:
-    """make_proxy(rules_yaml=BASE_RULES, upstream_url=None, extra="") -> Proxy on 127.0.0.1."""
+               aiohttp_server: Callable[..., Awaitable[TestServer]], upstream: Upstream,
+               proxy_path: str) -> MakeProxy:
+    """make_proxy(rules_yaml=BASE_RULES, upstream_url=None, extra="") -> Proxy on 127.0.0.1, on ``proxy_path``."""
 
     async def make(rules_yaml: str = BASE_RULES, *, upstream_url: str | None = None, extra: str = "",
                    upstream_extra: str = "", server_kwargs: dict | None = None,
-                   client_kwargs: dict | None = None, fast: bool = True) -> Proxy:
+                   client_kwargs: dict | None = None, fast: bool | None = None) -> Proxy:
+        if fast is None:
+            fast = proxy_path == "fast-path"
         text = (f"upstream:\n  url: {upstream_url or upstream.url + '/v1'}\n{upstream_extra}"
                 f"admin: null\n{extra}\n{rules_yaml}")
         config = cfg.parse(text, "test.yaml", env={})

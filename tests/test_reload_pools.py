@@ -14,14 +14,11 @@ from corsproxy.server import Reloader
 from tests.conftest import MakeProxy, Upstream
 from tests.test_proxy_tls import RULES
 
-PATHS = pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "aiohttp-path"])
 APP = {"Origin": "https://app.example.com"}
 
 
-@PATHS
-async def test_a_reloaded_read_timeout_applies_to_the_next_request(make_proxy: MakeProxy, upstream: Upstream,
-                                                                   fast: bool) -> None:
-    proxy = await make_proxy(fast=fast, upstream_extra="  read_timeout: 5\n")
+async def test_a_reloaded_read_timeout_applies_to_the_next_request(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(upstream_extra="  read_timeout: 5\n")
     assert (await proxy.client.get("/slow?s=0.6")).status == 200
     proxy.reload(proxy.text.replace("read_timeout: 5", "read_timeout: 0.2"))
     assert (await proxy.client.get("/slow?s=0.6")).status == 504
@@ -29,10 +26,9 @@ async def test_a_reloaded_read_timeout_applies_to_the_next_request(make_proxy: M
     assert (await proxy.client.get("/slow?s=0.6")).status == 200
 
 
-@PATHS
 async def test_a_reloaded_tls_verify_applies_to_http_and_websockets(make_proxy: MakeProxy, tls_upstream: Upstream,
-                                                                    pem_files: dict[str, str], fast: bool) -> None:
-    proxy = await make_proxy(RULES, fast=fast, upstream_url=tls_upstream.url + "/v1",
+                                                                    pem_files: dict[str, str]) -> None:
+    proxy = await make_proxy(RULES, upstream_url=tls_upstream.url + "/v1",
                              upstream_extra="  tls_verify: false\n")
 
     async def outcome() -> tuple[int, int]:

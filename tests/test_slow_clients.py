@@ -113,9 +113,8 @@ async def test_slow_bodies_and_slow_reads_do_not_hold_the_upstream_pool_from_a_n
     assert "under limits.min_data_rate" in log  # the slow bodies got 408 (slow reads: the in-process tests below)
 
 
-# ---------------------------------------------------------------- in process, both paths
+# ---------------------------------------------------------------- in process, on both paths (make_proxy)
 
-PATHS = pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "aiohttp-path"])
 FRAMING = pytest.mark.parametrize("query", ["", "&chunked=1"], ids=["content-length-spliced", "chunked-relayed"])
 
 
@@ -140,11 +139,10 @@ async def _slow_reader(proxy: Proxy, target: str) -> socket.socket:
     return sock
 
 
-@PATHS
 @FRAMING
 async def test_a_client_reading_nothing_of_a_1_mib_answer_does_not_hold_the_only_upstream_connection(
-        make_proxy: MakeProxy, upstream: Upstream, fast: bool, query: str) -> None:
-    proxy = await make_proxy(fast=fast, upstream_extra="  max_connections: 1\n  connect_timeout: 3\n")
+        make_proxy: MakeProxy, upstream: Upstream, query: str) -> None:
+    proxy = await make_proxy(upstream_extra="  max_connections: 1\n  connect_timeout: 3\n")
     sock = await _slow_reader(proxy, "/big?mib=1" + query)
     try:
         assert (await asyncio.get_running_loop().sock_recv(sock, 12)).startswith(b"HTTP/1.1 200")
@@ -157,14 +155,13 @@ async def test_a_client_reading_nothing_of_a_1_mib_answer_does_not_hold_the_only
         sock.close()
 
 
-@PATHS
 @FRAMING
 async def test_a_client_taking_its_answer_under_min_data_rate_is_disconnected_and_logged(
         make_proxy: MakeProxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        fast: bool, query: str) -> None:
+        query: str) -> None:
     monkeypatch.setattr(guard, "MIN_RATE_GRACE", 1.0)
     monkeypatch.setattr(proxy_module, "MIN_RATE_GRACE", 1.0)
-    proxy = await make_proxy(fast=fast, extra="limits: {min_data_rate: 1000}\n")
+    proxy = await make_proxy(extra="limits: {min_data_rate: 1000}\n")
     server = proxy.client.server.runner.server
     sock = await _slow_reader(proxy, "/big?mib=8" + query)
     started = time.monotonic()
@@ -182,12 +179,11 @@ async def test_a_client_taking_its_answer_under_min_data_rate_is_disconnected_an
     assert upstream.count() == 1
 
 
-@PATHS
 async def test_a_request_body_sent_under_min_data_rate_gets_408_and_is_logged(
-        make_proxy: MakeProxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        fast: bool) -> None:
+        make_proxy: MakeProxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(guard, "MIN_RATE_GRACE", 1.0)
-    proxy = await make_proxy(fast=fast, extra="limits: {min_data_rate: 100}\n")
+    proxy = await make_proxy(extra="limits: {min_data_rate: 100}\n")
     port = URL(proxy.url).port
     assert port is not None
     reader, writer = await _connect(port)
