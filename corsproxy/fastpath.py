@@ -11,9 +11,9 @@ commonest requests the proxy answers them from the parsed message instead:
 
 Everything else — bodies still arriving, chunked or over ``limits.max_body_size`` or with
 ``Expect``, WebSockets, odd targets, ``Connection: close`` — returns None and takes aiohttp's path
-in :mod:`proxy`. Both paths share the decision (``policy.decide``), the headers
-(``respond_headers``, ``upstream_headers``, ``relay_headers``), the error mapping (``failure``) and
-the observers, and tests/test_fastpath.py holds them to the same bytes.
+in :mod:`proxy`. Both paths share the decision (``policy.decide``), the answers the proxy makes itself
+(``proxy.answer``: one value each path serialises), the headers (``upstream_headers``, ``relay_headers``),
+the error mapping (``failure``) and the observers; tests/test_edge.py holds them to the same header lists.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -34,16 +33,16 @@ from . import splice
 from .guard import FastAnswer, GuardedHandler, abort
 from .headers import SERVER
 from .paths import BadPath, decode_path
-from .policy import CorsRequest, Decision, decide, finish, respond_headers
+from .policy import CorsRequest, Decision, decide
 from .proxy import (
-    DECISION_HEADER,
     LIVE_KEY,
     NO_BODY_STATUSES,
     STARTED_KEY,
+    Answer,
     Exchange,
     Snapshot,
+    answer,
     broke_off,
-    decision_header,
     failure,
     may_splice,
     notify,
@@ -105,10 +104,8 @@ class Memo:
         decision = decide(self.snap.policy, CorsRequest.from_headers(msg.method, path, msg.headers))
         known = Known(decision)
         if decision.status is not None and decision.enforce:
-            status, body = decision.status, decision.body
-            head = _head(self.snap, decision, status, HTTPStatus(status).phrase,
-                         CIMultiDict(respond_headers(decision)), body, date=False)
-            known = Known(decision, head, b"" if msg.method == "HEAD" else body)  # HEAD: the length, no body
+            made = answer(self.snap, decision)
+            known = Known(decision, _made_head(made, date=False), b"" if msg.method == "HEAD" else made.body)
         if len(repr(key)) <= MAX_REMEMBERED_CHARS:  # every client-sent string of the key, and a little more
             if len(self.known) >= MAX_REMEMBERED:
                 self.known.clear()
@@ -211,7 +208,7 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
     elif has_body and "Content-Length" not in headers:
         chunked = True  # the upstream's framing (chunked, or until close) is not ours to pass on
         headers["Transfer-Encoding"] = "chunked"
-    head = _head(snap, None, status, upstream.reason, headers, b"") + b"\r\n"
+    head = _head(status, upstream.reason, headers, b"") + b"\r\n"
     transport = handler.transport
     if transport is None:
         return
@@ -236,24 +233,25 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
 
 
 def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: int, message: str) -> None:
-    """A 502/504 with the CORS headers an upstream response would get (proxy._error, as bytes)."""
-    body = (message + "\n").encode()
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
-    finish(ex.decision, headers)
-    head = _head(snap, ex.decision, status, HTTPStatus(status).phrase, headers, body)
-    sent = b"" if ex.method == "HEAD" else body  # HEAD: the length, no body
+    """A 502/504 (proxy.answer, as bytes)."""
+    made = answer(snap, ex.decision, (status, message))
+    sent = b"" if ex.method == "HEAD" else made.body  # HEAD: the length, no body
     ex.status, ex.bytes_out = status, len(sent)
     if handler.transport is not None:
-        handler.transport.write(head + b"\r\n" + sent)
+        handler.transport.write(_made_head(made) + b"\r\n" + sent)
 
 
-def _head(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],
-          body: bytes, *, date: bool = True) -> bytes:
-    """Status line and header lines, with the decision header, Content-Length, Date (unless ``date`` is
-    False) and Server added as aiohttp adds them; without the blank line that ends the head."""
-    if decision is not None and (debug := decision_header(snap, decision)) is not None:
-        headers[DECISION_HEADER] = debug
-    if body or (decision is not None and status not in NO_BODY_STATUSES):
+def _made_head(made: Answer, *, date: bool = True) -> bytes:
+    """An :class:`proxy.Answer`'s head as aiohttp's Response would send it (a length even when empty)."""
+    return _head(made.status, made.reason, CIMultiDict(made.headers), made.body, date=date,
+                 length=made.status not in NO_BODY_STATUSES)
+
+
+def _head(status: int, reason: str, headers: CIMultiDict[str], body: bytes, *, date: bool = True,
+          length: bool = False) -> bytes:
+    """Status line and header lines, with Content-Length (for a body, or with ``length``), Date (unless ``date``
+    is False) and Server added as aiohttp adds them; without the blank line that ends the head."""
+    if body or length:
         headers["Content-Length"] = str(len(body))
     if date:
         headers.setdefault("Date", rfc822_formatted_time())

@@ -19,6 +19,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import aiohttp
@@ -206,21 +207,46 @@ def notify(app: web.Application, ex: Exchange) -> None:
         observer(ex)
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response the proxy makes itself, as data: both ways through the proxy serialise it (:func:`_response`
+    here into aiohttp's, fastpath's into bytes), so they cannot drift apart."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]  # in order; Content-Length, Date and Server are the serialiser's
+    body: bytes = b""
+
+    @property
+    def reason(self) -> str:
+        return HTTPStatus(self.status).phrase
+
+
+def answer(snap: Snapshot, decision: Decision, error: tuple[int, str] | None = None) -> Answer:
+    """What the proxy answers itself: from the decision alone (preflight 204/403, a rejected origin's 403); or,
+    with ``error`` (status, message), a 400/413/502/504 carrying the CORS headers an upstream response would get."""
+    if error is None:
+        status, body = decision.status or 500, decision.body
+        headers: CIMultiDict[str] = CIMultiDict(respond_headers(decision))
+    else:
+        status, body = error[0], (error[1] + "\n").encode()
+        headers = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+        finish(decision, headers)
+    if (debug := decision_header(snap, decision)) is not None:
+        headers[DECISION_HEADER] = debug
+    return Answer(status, tuple(headers.items()), body)
+
+
+def _response(made: Answer) -> web.Response:
+    """An :class:`Answer` as aiohttp's response (which adds Content-Length, Date and Server)."""
+    return web.Response(status=made.status, body=made.body or None, headers=CIMultiDict(made.headers))
+
+
 def _answer(snap: Snapshot, decision: Decision) -> web.Response:
-    """A response the proxy makes from the decision alone (preflight 204/403, rejected 403)."""
-    resp = web.Response(status=decision.status or 500, body=decision.body or None)
-    for name, value in respond_headers(decision):
-        resp.headers.add(name, value)
-    _debug_header(snap, decision, resp)
-    return resp
+    return _response(answer(snap, decision))
 
 
 def _error(snap: Snapshot, decision: Decision, status: int, message: str) -> web.Response:
-    """A 400/413/502/504 the proxy makes, with the CORS headers an upstream response would get."""
-    resp = web.Response(status=status, text=message + "\n")
-    finish(decision, resp.headers)
-    _debug_header(snap, decision, resp)
-    return resp
+    return _response(answer(snap, decision, (status, message)))
 
 
 def decision_header(snap: Snapshot, decision: Decision, kept: UpstreamCorsOutcome = None) -> str | None:
