@@ -15,6 +15,7 @@ from .proxy import (
     POOLS_KEY,
     SESSIONS_KEY,
     STARTED_KEY,
+    TAPS_KEY,
     Live,
     Observer,
     Snapshot,
@@ -33,6 +34,7 @@ def build_app(config: Config, *, observers: Iterable[Observer] = (),
     app[LIVE_KEY] = Live(Snapshot.build(config))
     app[OBSERVERS_KEY] = list(observers)
     app[STARTED_KEY] = list(started)
+    app[TAPS_KEY] = []
     app[POOLS_KEY] = {}
     app[SESSIONS_KEY] = {}
     app.cleanup_ctx.append(_close_clients)

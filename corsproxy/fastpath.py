@@ -38,6 +38,7 @@ from .proxy import (
     LIVE_KEY,
     NO_BODY_STATUSES,
     STARTED_KEY,
+    TAPS_KEY,
     Answer,
     Exchange,
     Snapshot,
@@ -165,7 +166,19 @@ def _answered(app: web.Application, known: Known, msg: RawRequestMessage, client
         hook(ex)
     ex.status, ex.bytes_out = known.decision.status or 500, len(known.body)
     notify(app, ex)
-    return known.response()
+    response = known.response()
+    if app[TAPS_KEY]:
+        _tap(app, msg.method, msg.path, msg.headers, response)
+    return response
+
+
+def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy[str], head: bytes) -> None:
+    """Tell the taps (proxy.TAPS_KEY) the head just sent, parsed back from its bytes."""
+    status_line, *lines = head.partition(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape").split("\r\n")
+    _, status, reason = (status_line.split(" ", 2) + [""])[:3]
+    sent = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
+    for tap in app[TAPS_KEY]:
+        tap(method, path, list(headers.items()), int(status), reason, sent)
 
 
 async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
@@ -182,10 +195,10 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
                 may_splice=may_splice(handler.transport))
         except UpstreamError as exc:
             status, message = failure(request, snap, ex, exc)
-            _write_error(handler, snap, ex, status, message)
+            _write_error(app, handler, snap, ex, status, message)
             return
         try:
-            await _relay(handler, request, snap, ex, upstream)
+            await _relay(app, handler, request, snap, ex, upstream)
         finally:
             upstream.release()
     except ConnectionResetError:  # the client went away while we wrote
@@ -194,7 +207,7 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
         notify(app, ex)
 
 
-async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: Exchange,
+async def _relay(app: web.Application, handler: GuardedHandler, request: Message, snap: Snapshot, ex: Exchange,
                  upstream: UpstreamResponse) -> None:
     headers = relay_headers(request, snap, ex, upstream.headers)
     status = ex.status = upstream.status
@@ -209,6 +222,8 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
         chunked = True  # the upstream's framing (chunked, or until close) is not ours to pass on
         headers["Transfer-Encoding"] = "chunked"
     head = _head(status, upstream.reason, headers, b"") + b"\r\n"
+    if app[TAPS_KEY]:
+        _tap(app, request.method, request.raw_path, request.headers, head)
     transport = handler.transport
     if transport is None:
         return
@@ -232,13 +247,17 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
         transport.write(b"0\r\n\r\n")
 
 
-def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: int, message: str) -> None:
+def _write_error(app: web.Application, handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: int,
+                 message: str) -> None:
     """A 502/504 (proxy.answer, as bytes)."""
     made = answer(snap, ex.decision, (status, message))
     sent = b"" if ex.method == "HEAD" else made.body  # HEAD: the length, no body
     ex.status, ex.bytes_out = status, len(sent)
+    head = _made_head(made) + b"\r\n"
+    if app[TAPS_KEY]:
+        _tap(app, ex.method, ex.path, CIMultiDictProxy(CIMultiDict()), head)
     if handler.transport is not None:
-        handler.transport.write(_made_head(made) + b"\r\n" + sent)
+        handler.transport.write(head + sent)
 
 
 def _made_head(made: Answer, *, date: bool = True) -> bytes:

@@ -144,6 +144,10 @@ POOLS_KEY = web.AppKey("pools", dict)  # pool_key -> upstream.Pool
 OBSERVERS_KEY = web.AppKey("observers", list[Observer])
 # Told when a request starts (after the decision), before its observers are told it finished.
 STARTED_KEY = web.AppKey("started", list[Observer])
+# Told the head of each response the fast path sends, as (method, target, request headers, status, reason,
+# response headers); aiohttp's path has on_response_prepare. For the demo's wire view; empty in production.
+Tap = Callable[[str, str, list[tuple[str, str]], int, str, list[tuple[str, str]]], None]
+TAPS_KEY = web.AppKey("taps", list[Tap])
 
 
 class RequestBodyError(Exception):

@@ -78,7 +78,8 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
     fast_preflights: the commonest requests (answered preflights, keep-alive requests whose body, if
     any, came with the head) are answered at the connection (fastpath.py), which skips aiohttp's
-    request and response objects and so ``on_response_prepare`` hooks (the demo taps those).
+    request and response objects and so ``on_response_prepare`` hooks (``proxy.TAPS_KEY`` sees those
+    answers). Off only in tests, to run them on aiohttp's path too.
     """
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout,
