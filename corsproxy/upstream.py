@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import socket
 import ssl
@@ -46,6 +47,22 @@ class UpstreamError(Exception):
         return 504 if self.kind == "timeout" else 502
 
 
+class State(enum.Enum):
+    """Where the exchange on a connection is (as httpcore's HTTP11Connection tracks it).
+
+    IDLE -> HEAD (``start``: the request goes out, its answer's head is awaited) -> BODY (the final head is in)
+    -> DONE (the whole response is read), or FAILED from HEAD or BODY (``error`` says why); DONE or IDLE again at
+    the next ``start``. Whether the socket is still open is apart from this (``closed``): a DONE exchange's
+    connection goes back to its pool only when it is open and the response allowed keep-alive.
+    """
+
+    IDLE = "idle"
+    HEAD = "head"
+    BODY = "body"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class Connection(asyncio.BufferedProtocol):
     """One keep-alive connection; carries one request at a time.
 
@@ -68,11 +85,11 @@ class Connection(asyncio.BufferedProtocol):
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._received = 0
-        self._complete = False
+        self.state = State.IDLE
+        self.error: BaseException | None = None  # why the exchange FAILED
         self._interim = False  # inside a 1xx response
         self._extra = False  # bytes came after the response: never reuse this connection
         self._ended_early = False  # we ended the message at its head (HEAD, 204, 304); llhttp may end it again
-        self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
@@ -131,7 +148,7 @@ class Connection(asyncio.BufferedProtocol):
         self._close_pipe()
         if self._until_close and exc is None and self._head is not None and self._head.done():
             self.on_message_complete()  # RFC 9112 §6.3 rule 8: the body was everything up to the close
-        elif not self._complete and self._head is not None:
+        elif self.state in (State.HEAD, State.BODY):
             self._fail(UpstreamError("reset", "the upstream closed the connection" + (f": {exc}" if exc else "")))
         self._wake_drain()
 
@@ -177,6 +194,7 @@ class Connection(asyncio.BufferedProtocol):
         if (problem := _ambiguous_framing(self._headers)) is not None:
             raise httptools.HttpParserError(problem)
         self._status = status
+        self.state = State.BODY
         self.keep_alive = self._parser.should_keep_alive()
         self._until_close = not self.keep_alive and not any(
             name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
@@ -203,19 +221,19 @@ class Connection(asyncio.BufferedProtocol):
         if self._interim:
             self._interim = False
             return
-        if self._complete:
+        if self.state is State.DONE:
             if not self._ended_early:
                 self._expecting()
             self._ended_early = False  # llhttp's own end of the HEAD/204/304 message we ended at its head
             return
-        self._complete = True
+        self.state = State.DONE
         self._parser = None  # what comes after this message is not ours (_expecting, data_received)
         self._cancel_timer()
         self._wake()
 
     def _expecting(self) -> None:
         """Raise when the response has ended already: what llhttp is parsing now is not ours to pass on."""
-        if self._complete:
+        if self.state is State.DONE:
             self._extra = True
             raise httptools.HttpParserError("bytes after the end of the response")
 
@@ -228,8 +246,8 @@ class Connection(asyncio.BufferedProtocol):
         self._head_bytes = 0
         self._body.clear()
         self._buffered = self._received = 0
-        self._complete = self._interim = self._extra = self._ended_early = False
-        self._exc = None
+        self.state, self.error = State.HEAD, None
+        self._interim = self._extra = self._ended_early = False
         self._head_only = head_only
         self._may_splice = may_splice
         self._splice_length = None
@@ -248,9 +266,10 @@ class Connection(asyncio.BufferedProtocol):
     async def read(self) -> bytes:
         """The next body chunk; ``b""`` once the body is complete."""
         while not self._body:
-            if self._exc is not None:
-                raise self._exc
-            if self._complete:
+            if self.state is State.FAILED:
+                assert self.error is not None
+                raise self.error
+            if self.state is State.DONE:
                 return b""
             self._resume()  # paused at the head (``start(may_splice=True)``) with nothing buffered
             self._waiter = self.loop.create_future()
@@ -266,7 +285,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def whole_body(self) -> bytes | None:
         """The entire body when it has already arrived (typical for small responses), else None."""
-        if not self._complete or self._exc is not None:
+        if self.state is not State.DONE:
             return None
         data = b"".join(self._body)
         self._body.clear()
@@ -286,7 +305,7 @@ class Connection(asyncio.BufferedProtocol):
         """
         transport = self.transport
         length = self._splice_length
-        if (length is None or length - self._received < READ_SIZE or self._complete or self._exc is not None
+        if (length is None or length - self._received < READ_SIZE or self.state is not State.BODY
                 or transport is None or transport.get_extra_info("sslcontext") is not None
                 or (sock := transport.get_extra_info("socket")) is None):
             return False
@@ -302,9 +321,9 @@ class Connection(asyncio.BufferedProtocol):
             rest = await splice.move(sock.fileno(), dst_fd, length - self._received, self._pipe, self.read_timeout,
                                      sent, first, budget=budget, min_rate=min_rate, grace=grace)
         except splice.SourceClosed as exc:
-            raise self._failed(UpstreamError("reset", f"the upstream closed the connection: {exc}")) from None
+            raise self.fail(UpstreamError("reset", f"the upstream closed the connection: {exc}")) from None
         except splice.SourceStalled:
-            raise self._failed(UpstreamError("timeout", f"no byte from the upstream for {self.read_timeout:g}s")) \
+            raise self.fail(UpstreamError("timeout", f"no byte from the upstream for {self.read_timeout:g}s")) \
                 from None
         except BaseException as exc:  # the destination failed, or a cancel
             self.fail(exc)
@@ -335,10 +354,6 @@ class Connection(asyncio.BufferedProtocol):
         values = [value for name, value in self._headers if name.lower() in ("content-length", "transfer-encoding")]
         return int(values[0]) if len(values) == 1 and values[0].isascii() and values[0].isdigit() else None
 
-    def _failed(self, exc: UpstreamError) -> UpstreamError:
-        self.fail(exc)
-        return exc
-
     def _close_pipe(self) -> None:
         if self._pipe is not None and not self._splicing:  # (while splicing, splice_body closes it after)
             self._pipe.close()
@@ -356,7 +371,7 @@ class Connection(asyncio.BufferedProtocol):
 
     @property
     def reusable(self) -> bool:
-        return self._complete and self.keep_alive and not self.closed and self._exc is None and not self._extra
+        return self.state is State.DONE and self.keep_alive and not self.closed and not self._extra
 
     def write(self, *parts: bytes) -> None:
         """Send ``parts`` (one vectored write with uvloop: nothing is copied to join them)."""
@@ -377,16 +392,18 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def fail(self, exc: BaseException) -> None:
-        """Abandon the exchange (body iterator failed, client went away): never reused."""
+    def fail(self, exc: BaseException) -> BaseException:
+        """Abandon the exchange (body iterator failed, client went away) and close: never reused. Returns ``exc``."""
         self._fail(exc)
         self.close()
+        return exc
 
     # -- internals
 
     def _fail(self, exc: BaseException) -> None:
-        if self._exc is None and not self._complete:
-            self._exc = exc
+        """The exchange FAILED with ``exc`` (unless it was DONE already): its reader is woken to raise it."""
+        if self.state in (State.HEAD, State.BODY):
+            self.state, self.error = State.FAILED, exc
         self.keep_alive = False
         if self._head is not None and not self._head.done():
             self._head.set_exception(exc)

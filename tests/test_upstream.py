@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from aiohttp import web
 
-from corsproxy.upstream import Pool, UpstreamError
+from corsproxy.upstream import Pool, State, UpstreamError
 
 
 async def _app_server(aiohttp_server):
@@ -281,6 +281,38 @@ async def test_a_pooled_connection_the_upstream_closed_unanswered_is_retried_onc
     with pytest.raises(UpstreamError) as dropped:  # a body was sent: never sent twice
         await pool.request("POST", "/", [("Host", "x")], None, length=2, ready=b"hi")
     assert dropped.value.kind == "reset" and len(seen) == 2
+    await pool.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_connection_goes_head_body_done_and_failed_as_its_exchange_does():
+    go = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await go.wait()
+        writer.write(b"cd")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await writer.drain()
+        writer.transport.abort()  # two bytes short
+
+    server, port = await _raw_upstream(handle)
+    pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None, limit=1, connect_timeout=2, read_timeout=5)
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)
+    conn = resp.conn
+    assert conn.state is State.BODY
+    go.set()
+    assert await _body(resp) == b"abcd" and conn.state is State.DONE and conn.reusable
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)
+    assert resp.conn is conn  # kept alive, reused
+    with pytest.raises(UpstreamError) as cut:
+        await _body(resp)
+    assert cut.value.kind == "reset" and conn.state is State.FAILED and conn.error is cut.value
+    resp.release()
+    assert not conn.reusable and pool._count == 0 and not pool._idle
     await pool.close()
     server.close()
     await server.wait_closed()
