@@ -29,7 +29,6 @@ from aiohttp.http import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import splice
 from .guard import FastAnswer, GuardedHandler, abort
 from .headers import SERVER
 from .paths import BadPath, decode_path
@@ -37,19 +36,18 @@ from .policy import CorsRequest, Decision, decide
 from .proxy import (
     LIVE_KEY,
     NO_BODY_STATUSES,
-    STARTED_KEY,
     TAPS_KEY,
     Answer,
     Exchange,
     Snapshot,
     answer,
-    broke_off,
+    begin,
     failure,
     may_splice,
     notify,
     pool_for,
+    relay_body,
     relay_headers,
-    splice_rest,
     upstream_headers,
 )
 from .upstream import UpstreamError, UpstreamResponse
@@ -161,9 +159,7 @@ def _scheme(handler: GuardedHandler) -> str:
 
 
 def _answered(app: web.Application, known: Known, msg: RawRequestMessage, client: str) -> bytes:
-    ex = Exchange(msg.method, msg.path, client, known.decision)
-    for hook in app[STARTED_KEY]:
-        hook(ex)
+    ex = begin(app, Exchange(msg.method, msg.path, client, known.decision))
     ex.status, ex.bytes_out = known.decision.status or 500, len(known.body)
     notify(app, ex)
     response = known.response()
@@ -184,9 +180,7 @@ def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy
 async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
                    handler: GuardedHandler, payload: StreamReader) -> None:
     body = payload.read_nowait()  # all of it is here (guard.FastAnswer)
-    ex = Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(body))
-    for hook in app[STARTED_KEY]:
-        hook(ex)
+    ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(body)))
     try:
         try:
             upstream = await pool_for(app, snap).request(
@@ -232,18 +226,12 @@ async def _relay(app: web.Application, handler: GuardedHandler, request: Message
         ex.bytes_out = len(whole)
         return
     transport.write(head)
-    try:
-        # (never for HEAD, 204/304 or chunked: no plain length)
-        if await splice_rest(transport, ex, upstream, snap.config.limits.min_data_rate):
-            return
-        while chunk := await upstream.read():
-            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-            ex.bytes_out += len(chunk)
-            await handler.drain()
-    except (UpstreamError, splice.DestinationStalled) as exc:
-        broke_off(request, ex, exc, transport)
-        return
-    if chunked:
+
+    async def write(chunk: bytes) -> None:
+        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await handler.drain()
+
+    if await relay_body(request, snap, ex, upstream, transport, write) and chunked:
         transport.write(b"0\r\n\r\n")
 
 

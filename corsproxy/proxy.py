@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -173,9 +173,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except BadPath as exc:
         path, bad = resolve_dots(request.raw_path), exc
     decision = decide(snap.policy, CorsRequest.from_headers(request.method, path, request.headers))
-    ex = Exchange(request.method, request.raw_path, request.remote or "-", decision)
-    for hook in request.app.get(STARTED_KEY, ()):
-        hook(ex)
+    ex = begin(request.app, Exchange(request.method, request.raw_path, request.remote or "-", decision))
     try:
         if bad is not None:
             return _done(request, ex, _error(snap, decision, 400, f"{bad}; such paths are never forwarded"))
@@ -203,6 +201,14 @@ def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Respons
     sent = request.method != "HEAD" and isinstance(body, bytes)  # aiohttp sends a HEAD answer's length only
     ex.bytes_out = len(body) if sent and isinstance(body, bytes) else 0
     return resp
+
+
+def begin(app: web.Application, ex: Exchange) -> Exchange:
+    """Tell the ``started`` hooks (the in-flight gauge) about ``ex``: every exchange, on either path, begins here
+    and ends in :func:`notify`."""
+    for hook in app[STARTED_KEY]:
+        hook(ex)
+    return ex
 
 
 def notify(app: web.Application, ex: Exchange) -> None:
@@ -511,7 +517,7 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
         # when the rest may bypass the process: it must be out before splice_rest writes.
         resp._send_headers_immediately = not upstream.has_data or may_splice(request.transport)
         await resp.prepare(request)
-        if await _stream_body(request, snap, ex, upstream, resp):
+        if await relay_body(request, snap, ex, upstream, request.transport, resp.write):
             await resp.write_eof()
         return resp  # (broken off: aiohttp's own write_eof meets a closed transport, logged at debug)
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
@@ -519,17 +525,18 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
     return resp
 
 
-async def _stream_body(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse,
-                       resp: web.StreamResponse) -> bool:
-    """Relay the upstream's body; False when it broke off (and the client connection was aborted)."""
+async def relay_body(request: Incoming, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse,
+                     transport: asyncio.Transport | None, write: Callable[[bytes], Awaitable[None]]) -> bool:
+    """Relay the upstream's body, on either path: spliced socket to socket when it may be, else each chunk through
+    ``write`` (which waits while the client is slow). False when it broke off (the client connection is aborted)."""
     try:
-        if await splice_rest(request.transport, ex, upstream, snap.config.limits.min_data_rate):
+        if await splice_rest(transport, ex, upstream, snap.config.limits.min_data_rate):
             return True
         while chunk := await upstream.read():
-            await resp.write(chunk)
+            await write(chunk)
             ex.bytes_out += len(chunk)
     except (UpstreamError, RequestBodyError, splice.DestinationStalled) as exc:
-        broke_off(request, ex, exc, request.transport)
+        broke_off(request, ex, exc, transport)
         return False
     return True
 
