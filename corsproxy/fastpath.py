@@ -18,18 +18,19 @@ the error mapping (``failure``) and the observers; tests/test_edge.py holds them
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import RawRequestMessage
+from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .guard import FastAnswer, GuardedHandler, abort
+from .guard import GuardedHandler, abort, peer
 from .headers import SERVER
 from .paths import BadPath, decode_path
 from .policy import CorsRequest, Decision, decide
@@ -112,12 +113,117 @@ class Memo:
         return known
 
 
+# Given a parsed keep-alive request, its body (EMPTY_PAYLOAD, or a StreamReader that has all of it) and its
+# connection: the whole response's bytes, or a coroutine that relays it (writing to ``handler.transport``), when
+# it can be answered without aiohttp's request objects; else None, and aiohttp's loop takes the request.
+# Only the coroutine may read the body: reading can resume a paused transport, which re-enters data_received.
+FastAnswer = Callable[[RawRequestMessage, StreamReader, "FastHandler"], "bytes | Coroutine[Any, Any, None] | None"]
+
+
+class FastHandler(GuardedHandler):
+    """A guarded connection that answers what it can of its queued messages itself (``fast_answer``), in order,
+    before aiohttp's loop makes request objects of them; it owns that part of the pipeline: holding aiohttp's
+    loop back meanwhile, resuming reading as the queue drains (as aiohttp's loop does), one relay at a time."""
+
+    __slots__ = ("_fast_answer", "_fast_task", "_answering")
+    answers_queue = True
+
+    def __init__(self, manager: web.Server, *, fast_answer: FastAnswer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._fast_answer = fast_answer
+        self._fast_task: asyncio.Task[None] | None = None
+        self._answering = False
+
+    def _relaying(self) -> asyncio.Task[None] | None:
+        return self._fast_task
+
+    def _answer_queue(self) -> None:
+        """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
+        then wake aiohttp's loop if a message is left for it."""
+        if self._answering:
+            return  # re-entered from the re-parse below: the loop there takes what it queued
+        self._answering = True
+        try:
+            while True:
+                self._answer_queued()
+                # aiohttp's parser stops at a full queue and its loop resumes reading as it takes messages
+                # (aiohttp >= 3.14.1); messages taken here must do the same, or a deep pipeline stalls.
+                if not self._buffer_paused or len(self._messages) > self._msg_queue_resume_size \
+                        or (self._messages and self._fast_task is None) or self._closing():
+                    break
+                before = len(self._messages)
+                self._resume_reading_if_drained()  # re-parses what the parser held back: may queue more
+                if len(self._messages) == before:
+                    break
+        finally:
+            self._answering = False
+        waiter = self._waiter
+        if self._messages and self._fast_task is None and waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the head message is aiohttp's to answer
+
+    def _answer_queued(self) -> None:
+        while self._messages and not self._closing():
+            msg, payload = self._messages[0]
+            # HTTP/1.1 keep-alive only: an HTTP/1.0 client needs "Connection: keep-alive" and no chunking,
+            # which aiohttp's own path handles. A body must be all here (no waiting, no body timer).
+            if not isinstance(msg, RawRequestMessage) or msg.should_close or msg.version != HttpVersion11 \
+                    or (payload is not EMPTY_PAYLOAD and not payload.is_eof()):
+                break
+            assert self._fast_answer is not None
+            answer = self._fast_answer(msg, payload, self)
+            if answer is None:
+                break
+            self._messages.popleft()
+            if self._parser is not None:
+                self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
+            if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
+                self._fast_task = self._loop.create_task(self._run_fast(answer))
+                return
+            assert self.transport is not None
+            self.transport.write(answer)
+            self._restart_keepalive()
+
+    async def _run_fast(self, answer: Coroutine[Any, Any, None]) -> None:
+        try:
+            await answer
+        except Exception:  # no aiohttp 500 handler here: log it and close, never leave the client hanging
+            log.exception("unhandled error relaying a request from %s; closing the connection", peer(self))
+            self.force_close()
+        finally:
+            self._fast_task = None
+            if self._close and not self._force_close:
+                self.force_close()  # draining: the connection ends after its response (which close() flushes)
+            elif self.transport is not None and not self._force_close:
+                self._restart_keepalive()
+                self._answer_queue()
+
+    def _restart_keepalive(self) -> None:
+        if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    def _process_keepalive(self) -> None:
+        if self._fast_task is not None:  # a response is being relayed: the connection is not idle
+            self._keepalive_handle = self._loop.call_at(self._loop.time() + self._keepalive_timeout,
+                                                        self._process_keepalive)
+            return
+        super()._process_keepalive()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._fast_task is not None:
+            self._fast_task.cancel()  # as handler_cancellation does for aiohttp's own handlers
+        super().connection_lost(exc)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken what was written (raises if it went away)."""
+        await self._drain_helper()
+
+
 def fast_answerer(app: web.Application) -> FastAnswer:
     """The ``fast_answer`` for the proxy app's connections."""
     memo: Memo | None = None
 
     def answer(msg: RawRequestMessage, payload: StreamReader,
-               handler: GuardedHandler) -> bytes | Coroutine[Any, Any, None] | None:
+               handler: FastHandler) -> bytes | Coroutine[Any, Any, None] | None:
         nonlocal memo
         if msg.upgrade or not msg.path.startswith("/"):
             return None
@@ -148,12 +254,12 @@ def _takes_body(snap: Snapshot, msg: RawRequestMessage) -> bool:
     return limit is None or int(msg.headers.get("Content-Length", "0")) <= limit
 
 
-def _client(handler: GuardedHandler) -> str:
+def _client(handler: FastHandler) -> str:
     peer = handler.peername
     return str(peer[0]) if isinstance(peer, tuple) else "-"
 
 
-def _scheme(handler: GuardedHandler) -> str:
+def _scheme(handler: FastHandler) -> str:
     transport = handler.transport
     return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
 
@@ -178,7 +284,7 @@ def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy
 
 
 async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
-                   handler: GuardedHandler, payload: StreamReader) -> None:
+                   handler: FastHandler, payload: StreamReader) -> None:
     body = payload.read_nowait()  # all of it is here (guard.FastAnswer)
     ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(body)))
     try:
@@ -201,7 +307,7 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
         notify(app, ex)
 
 
-async def _relay(app: web.Application, handler: GuardedHandler, request: Message, snap: Snapshot, ex: Exchange,
+async def _relay(app: web.Application, handler: FastHandler, request: Message, snap: Snapshot, ex: Exchange,
                  upstream: UpstreamResponse) -> None:
     headers = relay_headers(request, snap, ex, upstream.headers)
     status = ex.status = upstream.status
@@ -235,7 +341,7 @@ async def _relay(app: web.Application, handler: GuardedHandler, request: Message
         transport.write(b"0\r\n\r\n")
 
 
-def _write_error(app: web.Application, handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: int,
+def _write_error(app: web.Application, handler: FastHandler, snap: Snapshot, ex: Exchange, status: int,
                  message: str) -> None:
     """A 502/504 (proxy.answer, as bytes)."""
     made = answer(snap, ex.decision, (status, message))

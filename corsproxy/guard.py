@@ -18,17 +18,16 @@ close those gaps:
 - a request head over ``MAX_HEAD`` bytes in all (aiohttp bounds each line and the number
   of headers, not their sum) -> ``431`` and close.
 
-It also carries the connection-level fast path (``fast_answer``, supplied by fastpath.py):
-an HTTP/1.1 keep-alive request with no body, or with all of its body already read, that the proxy
-can answer from the parsed message is answered (or relayed by a task) before aiohttp makes a request
-of it; aiohttp's loop is held back meanwhile, so pipelined requests are still answered in order.
+It also drains what is in flight at a stop (uploads still arriving included), bounds what a slow client
+costs (``limits.min_data_rate``, RESPONSE_BUFFER), and leaves room for a subclass that answers queued
+messages itself (fastpath.FastHandler: ``answers_queue``, ``_relaying``, ``_answer_queue``).
 
 Everything else that is malformed (request line, header syntax, lengths, duplicate or
 conflicting ``Content-Length``/``Transfer-Encoding``, chunk syntax, header count and size)
 is already refused with ``400`` by aiohttp's parser, and covered by tests/reliability.
 
-This touches aiohttp internals (``RequestHandler`` attributes, ``_ErrInfo``); the tests in
-tests/reliability/test_socket_input.py pin the behaviour on every aiohttp upgrade.
+This touches aiohttp internals (``RequestHandler`` attributes, ``_ErrInfo``), listed in corsproxy/internals.py;
+tests/test_internals.py and tests/reliability/test_socket_input.py pin them on every aiohttp upgrade.
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ import logging
 import socket
 import struct
 import sys
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web, web_protocol
@@ -71,22 +69,15 @@ CLOSING_RESPONSE = (
 )
 
 
-# Given a parsed keep-alive request, its body (EMPTY_PAYLOAD, or a StreamReader that has all of it) and its
-# connection: the whole response's bytes, or a coroutine that relays it (writing to ``handler.transport``), when
-# it can be answered without aiohttp's request objects; else None, and aiohttp's loop takes the request.
-# Only the coroutine may read the body: reading can resume a paused transport, which re-enters data_received.
-FastAnswer = Callable[[RawRequestMessage, StreamReader, "GuardedHandler"], "bytes | Coroutine[Any, Any, None] | None"]
-
-
 class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark", "_after_chunked", "_answering",
-                 "_min_rate", "_body_active", "_body_tick", "_body_mark", "_wait_since", "_wait_acked", "_write_timer")
+                 "_head_bytes", "_rx", "_rx_mark", "_after_chunked", "_min_rate", "_body_active", "_body_tick",
+                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
-                 min_data_rate: float | None = None, fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
+                 min_data_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._min_rate = min_data_rate
         # Over each MIN_RATE_GRACE seconds a body is read (not paused by us): seconds so far, last look, bytes before.
@@ -95,9 +86,6 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._wait_since: float | None = None  # waiting for the client to take a response since
         self._wait_acked = 0  # bytes it had acknowledged then
         self._write_timer: asyncio.TimerHandle | None = None
-        self._fast_answer = fast_answer
-        self._fast_task: asyncio.Task[None] | None = None
-        self._answering = False
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
@@ -134,15 +122,15 @@ class GuardedHandler(web_protocol.RequestHandler):
         before = len(self._messages)
         waiter = self._waiter
         waiting = waiter is not None and not waiter.done()
-        # A fast answer being relayed is a request in progress; b"" is aiohttp re-parsing after a pause.
-        idle = waiting and self._fast_task is None and bool(data)
+        # A response relayed outside aiohttp's loop is a request in progress; b"" is aiohttp re-parsing after a pause.
+        idle = waiting and self._relaying() is None and bool(data)
         in_head = self._header_timer is not None or idle
         if in_head:
             self._head_bytes = self._head_bytes + len(data) if self._header_timer is not None else len(data)
-        # While aiohttp's loop waits, hold back its wake-up until we know a message is left for it: it
-        # takes one message a wake-up, a fast answer takes the message away, and while a fast answer is
-        # being relayed the messages behind it must wait their turn.
-        hold = waiting and self._fast_answer is not None and (before == 0 or self._fast_task is not None)
+        # A subclass that answers queued messages itself (fastpath.FastHandler): while aiohttp's loop waits,
+        # hold back its wake-up until we know a message is left for it: it takes one message a wake-up, an
+        # answer on the connection takes the message away, and while one is relayed the messages behind it wait.
+        hold = waiting and self.answers_queue and (before == 0 or self._relaying() is not None)
         if hold:
             self._waiter = None
         super().data_received(data)
@@ -155,16 +143,28 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._check_new(before, sized=not data or self._rx - self._rx_mark > MAX_HEAD)
             if data:
                 self._rx_mark = start
-            if hold and self._fast_task is None:
-                self._answer_fast()
+            if hold and self._relaying() is None:
+                self._answer_queue()
         elif in_head and self._head_bytes > MAX_HEAD and not self._force_close and self.transport is not None:
             # aiohttp bounds each header line and the count, not the sum: 127 x 16 KiB would pass.
             self._cancel(header=True)
-            log.warning("closing connection from %s: request head over %d bytes (431)", _peer(self), MAX_HEAD)
+            log.warning("closing connection from %s: request head over %d bytes (431)", peer(self), MAX_HEAD)
             self._send_and_close(b"431 Request Header Fields Too Large", f"request head over {MAX_HEAD} bytes",
                                  linger=True)
         elif idle and self._header_timer is None and not self._force_close:
             self._arm_header_timer()  # first bytes of the next keep-alive request
+
+    answers_queue = False  # fastpath.FastHandler: it answers messages off the queue (see _received)
+
+    def _relaying(self) -> asyncio.Task[None] | None:
+        """A response being relayed outside aiohttp's loop (fastpath.FastHandler), if any."""
+        return None
+
+    def _answer_queue(self) -> None:
+        """Answer what can be of the messages just queued (fastpath.FastHandler)."""
+
+    def _closing(self) -> bool:
+        return self.transport is None or self._force_close or self._close
 
     def _check_new(self, before: int, sized: bool) -> None:
         """Refuse new messages with faulty framing; ``sized``: their heads may be over MAX_HEAD."""
@@ -199,69 +199,6 @@ class GuardedHandler(web_protocol.RequestHandler):
             if self._parser is not None:
                 self._parser.message_consumed()
 
-    def _answer_fast(self) -> None:
-        """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
-        then wake aiohttp's loop if a message is left for it."""
-        if self._answering:
-            return  # re-entered from the re-parse below: the loop there takes what it queued
-        self._answering = True
-        try:
-            while True:
-                self._answer_queued()
-                # aiohttp's parser stops at a full queue and its loop resumes reading as it takes messages
-                # (aiohttp >= 3.14.1); messages taken here must do the same, or a deep pipeline stalls.
-                if not self._buffer_paused or len(self._messages) > self._msg_queue_resume_size \
-                        or (self._messages and self._fast_task is None) or self._closing():
-                    break
-                before = len(self._messages)
-                self._resume_reading_if_drained()  # re-parses what the parser held back: may queue more
-                if len(self._messages) == before:
-                    break
-        finally:
-            self._answering = False
-        waiter = self._waiter
-        if self._messages and self._fast_task is None and waiter is not None and not waiter.done():
-            waiter.set_result(None)  # the head message is aiohttp's to answer
-
-    def _closing(self) -> bool:
-        return self.transport is None or self._force_close or self._close
-
-    def _answer_queued(self) -> None:
-        while self._messages and not self._closing():
-            msg, payload = self._messages[0]
-            # HTTP/1.1 keep-alive only: an HTTP/1.0 client needs "Connection: keep-alive" and no chunking,
-            # which aiohttp's own path handles. A body must be all here (no waiting, no body timer).
-            if not isinstance(msg, RawRequestMessage) or msg.should_close or msg.version != HttpVersion11 \
-                    or (payload is not EMPTY_PAYLOAD and not payload.is_eof()):
-                break
-            assert self._fast_answer is not None
-            answer = self._fast_answer(msg, payload, self)
-            if answer is None:
-                break
-            self._messages.popleft()
-            if self._parser is not None:
-                self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
-            if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
-                self._fast_task = self._loop.create_task(self._run_fast(answer))
-                return
-            assert self.transport is not None
-            self.transport.write(answer)
-            self._restart_keepalive()
-
-    async def _run_fast(self, answer: Coroutine[Any, Any, None]) -> None:
-        try:
-            await answer
-        except Exception:  # no aiohttp 500 handler here: log it and close, never leave the client hanging
-            log.exception("unhandled error relaying a request from %s; closing the connection", _peer(self))
-            self.force_close()
-        finally:
-            self._fast_task = None
-            if self._close and not self._force_close:
-                self.force_close()  # draining: the connection ends after its response (which close() flushes)
-            elif self.transport is not None and not self._force_close:
-                self._restart_keepalive()
-                self._answer_fast()
-
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         """Let the request in flight finish, within ``timeout`` (listen.drain_timeout), before aiohttp's stop.
 
@@ -272,8 +209,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         deadline = None if timeout is None else self._loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
-                if self._fast_task is not None:
-                    await asyncio.shield(self._fast_task)
+                if (relaying := self._relaying()) is not None:
+                    await asyncio.shield(relaying)
                 if self._request_in_progress:
                     self._handler_waiter = self._loop.create_future()  # set by aiohttp's _handle_request
                     try:
@@ -287,26 +224,9 @@ class GuardedHandler(web_protocol.RequestHandler):
         left = None if deadline is None else max(0.01, deadline - self._loop.time())
         await super().shutdown(left)
 
-    def _restart_keepalive(self) -> None:
-        if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response
-            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
-
-    def _process_keepalive(self) -> None:
-        if self._fast_task is not None:  # a response is being relayed: the connection is not idle
-            self._keepalive_handle = self._loop.call_at(self._loop.time() + self._keepalive_timeout,
-                                                        self._process_keepalive)
-            return
-        super()._process_keepalive()
-
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._fast_task is not None:
-            self._fast_task.cancel()  # as handler_cancellation does for aiohttp's own handlers
         self._cancel_timers()
         super().connection_lost(exc)
-
-    async def drain(self) -> None:
-        """Wait until the client has taken what was written (raises if it went away)."""
-        await self._drain_helper()
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -314,7 +234,7 @@ class GuardedHandler(web_protocol.RequestHandler):
             return super().handle_error(request, status, exc, message)
         # A client's malformed request: one warning line, not aiohttp's traceback (or, for a
         # garbage first line, its debug-only note), so every refusal shows in the log.
-        log.warning("refused a malformed request from %s with %d: %s", _peer(self), status, _summary(exc))
+        log.warning("refused a malformed request from %s with %d: %s", peer(self), status, _summary(exc))
         self._quiet = True
         try:
             return super().handle_error(request, status, exc, message)
@@ -349,7 +269,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         if self._messages or self._current_request is not None or self.transport is None:
             return  # a request is queued or running: its head is complete
         log.warning("closing connection from %s: request head not complete within %ss (408)",
-                    _peer(self), self._header_timeout)
+                    peer(self), self._header_timeout)
         self._send_and_close(b"408 Request Timeout", "request head not received in time")
 
     def _check_body(self, payload: StreamReader) -> None:
@@ -380,7 +300,7 @@ class GuardedHandler(web_protocol.RequestHandler):
             return
         request = self._current_request
         started = request is not None and request._payload_writer.output_size > 0
-        log.warning("closing connection from %s: %s%s", _peer(self), why,
+        log.warning("closing connection from %s: %s%s", peer(self), why,
                     " (response already started)" if started else " (408)")
         if started:
             self.force_close()
@@ -414,7 +334,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         if waited >= MIN_RATE_GRACE:  # one window: the next begins now
             if taken < rate * waited:
                 log.warning("closing connection from %s: the client took %d bytes of its response in %.0fs, under "
-                            "limits.min_data_rate (%g bytes/s)", _peer(self), taken, waited, rate)
+                            "limits.min_data_rate (%g bytes/s)", peer(self), taken, waited, rate)
                 abort(transport, reset=True)  # (close() would go on writing the buffer to it)
                 return
             self._wait_since, self._wait_acked = now, acked
@@ -491,22 +411,25 @@ def _summary(exc: HttpProcessingError) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _peer(handler: web_protocol.RequestHandler) -> str:
+def peer(handler: web_protocol.RequestHandler) -> str:
     peer = handler.peername
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 class GuardedServer(web.Server):
-    """aiohttp's Server, making :class:`GuardedHandler` connections."""
+    """aiohttp's Server, making :class:`GuardedHandler` connections (or ``handler``'s, a subclass of it, with
+    ``handler_kwargs``)."""
 
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float, min_data_rate: float | None = None,
-                 fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
+                 handler: type[GuardedHandler] = GuardedHandler, handler_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._handler = handler
         self._guard: dict[str, Any] = {"header_timeout": header_timeout, "body_timeout": body_timeout,
-                       "min_data_rate": min_data_rate, "fast_answer": fast_answer}
+                                       "min_data_rate": min_data_rate, **(handler_kwargs or {})}
 
     def __call__(self) -> GuardedHandler:
-        return GuardedHandler(self, loop=self._loop, **self._guard, **self._kwargs)
+        return self._handler(self, loop=self._loop, **self._guard, **self._kwargs)
 
     def set_timeouts(self, header_timeout: float, body_timeout: float, min_data_rate: float | None = None) -> None:
         """For connections opened from now on (a reload)."""
@@ -522,12 +445,13 @@ class GuardedRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT,
                  body_timeout: float = BODY_TIMEOUT, min_data_rate: float | None = None,
-                 fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
+                 handler: type[GuardedHandler] = GuardedHandler, handler_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.min_data_rate = min_data_rate
-        self.fast_answer = fast_answer
+        self.handler, self.handler_kwargs = handler, handler_kwargs
 
     def set_timeouts(self, header_timeout: float, body_timeout: float, min_data_rate: float | None = None) -> None:
         self.header_timeout, self.body_timeout, self.min_data_rate = header_timeout, body_timeout, min_data_rate
@@ -539,4 +463,5 @@ class GuardedRunner(web.AppRunner):
         return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, loop=plain._loop,
                              header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                             min_data_rate=self.min_data_rate, fast_answer=self.fast_answer, **plain._kwargs)
+                             min_data_rate=self.min_data_rate, handler=self.handler,
+                             handler_kwargs=self.handler_kwargs, **plain._kwargs)

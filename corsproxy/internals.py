@@ -8,7 +8,8 @@ on, and tests/test_internals.py fails on an aiohttp where any member listed here
 
 from __future__ import annotations
 
-# RequestHandler (aiohttp.web_protocol; slots or methods, some from BaseProtocol) -- guard.GuardedHandler.
+# RequestHandler (aiohttp.web_protocol; slots or methods, some from BaseProtocol): guard.GuardedHandler and
+# fastpath.FastHandler.
 REQUEST_HANDLER = (
     "_messages",  # the parsed-message queue the fast path takes from
     "_waiter",  # aiohttp's loop waiting for a message: held back, then woken

@@ -45,8 +45,8 @@ from .admin import AdminState, build_admin
 from .app import build_app, reload
 from .config import RESTART_ONLY, Config, ConfigError
 from .decisions import DecisionLog
-from .fastpath import fast_answerer
-from .guard import GuardedRunner
+from .fastpath import FastHandler, fast_answerer
+from .guard import GuardedHandler, GuardedRunner
 from .metrics import ConfigState, Metrics, multiprocess_registry
 from .proxy import LIVE_KEY
 
@@ -81,11 +81,11 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     request and response objects and so ``on_response_prepare`` hooks (``proxy.TAPS_KEY`` sees those
     answers). Off only in tests, to run them on aiohttp's path too.
     """
+    handler, kwargs = (FastHandler, {"fast_answer": fast_answerer(app)}) if fast_preflights else (GuardedHandler, {})
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout,
                          header_timeout=config.limits.header_timeout, body_timeout=config.limits.body_timeout,
-                         min_data_rate=config.limits.min_data_rate,
-                         fast_answer=fast_answerer(app) if fast_preflights else None)
+                         min_data_rate=config.limits.min_data_rate, handler=handler, handler_kwargs=kwargs)
 
 
 def run(config: Config, load: Loader, *, workers: int = 1, worker_argv: list[str] | None = None) -> int:
