@@ -61,7 +61,7 @@ class CatchAllRouter(web.UrlDispatcher):
 
 async def _close_clients(app: web.Application) -> AsyncIterator[None]:
     # HTTP goes through upstream.Pool; aiohttp's session carries WebSockets only. Both are made on first use,
-    # one for each set of upstream settings (proxy.pool_key), so a reload that changes them takes effect.
+    # one for each set of upstream settings (proxy.Snapshot.pool_key), so a reload that changes them takes effect.
     yield
     for pool in app[POOLS_KEY].values():
         await pool.close()

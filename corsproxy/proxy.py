@@ -83,6 +83,9 @@ class Snapshot:
     upstream_base: str  # "http://host:port/base" without a trailing slash
     upstream_path: str  # "/base" (raw, without a trailing slash), prefixed to every request target
     upstream_host: str  # Host header value for host_header: upstream
+    # Everything an upstream pool (and the WebSocket session) is made from: a reload that changes any of it gets
+    # a new one, and requests already running finish on theirs.
+    pool_key: tuple[object, ...] = ()
 
     @classmethod
     def build(cls, config: Config) -> Snapshot:
@@ -97,6 +100,9 @@ class Snapshot:
             upstream_base=config.upstream.url.rstrip("/"),
             upstream_path=up.raw_path.rstrip("/"),
             upstream_host=host,
+            pool_key=(up.scheme, up.raw_host, up.port, config.upstream.tls_verify, config.upstream.ca_file,
+                      config.upstream.connect_timeout, config.upstream.read_timeout,
+                      config.upstream.max_connections),
         )
 
     def trusts(self, remote: str | None) -> bool:
@@ -139,8 +145,8 @@ class Exchange:
 Observer = Callable[[Exchange], None]
 
 LIVE_KEY = web.AppKey("live", Live)
-SESSIONS_KEY = web.AppKey("sessions", dict)  # pool_key -> aiohttp.ClientSession, for WebSockets only
-POOLS_KEY = web.AppKey("pools", dict)  # pool_key -> upstream.Pool
+SESSIONS_KEY = web.AppKey("sessions", dict)  # Snapshot.pool_key -> aiohttp.ClientSession, for WebSockets only
+POOLS_KEY = web.AppKey("pools", dict)  # Snapshot.pool_key -> upstream.Pool
 OBSERVERS_KEY = web.AppKey("observers", list[Observer])
 # Told when a request starts (after the decision), before its observers are told it finished.
 STARTED_KEY = web.AppKey("started", list[Observer])
@@ -369,17 +375,9 @@ def _too_large(request: web.Request, limit: int | None) -> bool:
     return limit is not None and request.content_length is not None and request.content_length > limit
 
 
-def pool_key(snap: Snapshot) -> tuple[object, ...]:
-    """Everything an upstream pool (and the WebSocket session) is made from: a reload that changes any of it gets
-    a new one, and requests already running finish on theirs."""
-    up = snap.config.upstream
-    return (snap.upstream.scheme, snap.upstream.raw_host, snap.upstream.port, up.tls_verify, up.ca_file,
-            up.connect_timeout, up.read_timeout, up.max_connections)
-
-
 def pool_for(app: web.Application, snap: Snapshot) -> Pool:
-    """The keep-alive pool for the snapshot's upstream and its settings (:func:`pool_key`)."""
-    key = pool_key(snap)
+    """The keep-alive pool for the snapshot's upstream and its settings (``Snapshot.pool_key``)."""
+    key = snap.pool_key
     pools = app[POOLS_KEY]
     pool = pools.get(key)
     if pool is None:
@@ -394,8 +392,8 @@ def pool_for(app: web.Application, snap: Snapshot) -> Pool:
 
 
 def ws_session(app: web.Application, snap: Snapshot) -> aiohttp.ClientSession:
-    """aiohttp's client session for WebSockets, made from the same settings as the pool (:func:`pool_key`)."""
-    key = pool_key(snap)
+    """aiohttp's client session for WebSockets, made from the same settings as the pool (``Snapshot.pool_key``)."""
+    key = snap.pool_key
     sessions = app[SESSIONS_KEY]
     session = sessions.get(key)
     if session is None:
@@ -419,7 +417,7 @@ def retire_pools(app: web.Application, snap: Snapshot) -> None:
     """After a reload: pools made for other settings keep no idle connection and reuse none (the requests still
     running on them finish there). Their WebSocket sessions stay until the app stops: closing one would cut
     the WebSockets open on it."""
-    key = pool_key(snap)
+    key = snap.pool_key
     pools = app[POOLS_KEY]
     for old in [k for k in pools if k != key]:
         pools.pop(old).retire()
