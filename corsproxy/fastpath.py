@@ -18,7 +18,6 @@ the error mapping (``failure``) and the observers; tests/test_edge.py holds them
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from .proxy import (
     Answer,
     Exchange,
     Snapshot,
+    Tap,
     answer,
     begin,
     failure,
@@ -125,17 +125,13 @@ class FastHandler(GuardedHandler):
     before aiohttp's loop makes request objects of them; it owns that part of the pipeline: holding aiohttp's
     loop back meanwhile, resuming reading as the queue drains (as aiohttp's loop does), one relay at a time."""
 
-    __slots__ = ("_fast_answer", "_fast_task", "_answering")
+    __slots__ = ("_fast_answer", "_answering")
     answers_queue = True
 
     def __init__(self, manager: web.Server, *, fast_answer: FastAnswer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast_answer = fast_answer
-        self._fast_task: asyncio.Task[None] | None = None
         self._answering = False
-
-    def _relaying(self) -> asyncio.Task[None] | None:
-        return self._fast_task
 
     def _answer_queue(self) -> None:
         """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
@@ -149,7 +145,7 @@ class FastHandler(GuardedHandler):
                 # aiohttp's parser stops at a full queue and its loop resumes reading as it takes messages
                 # (aiohttp >= 3.14.1); messages taken here must do the same, or a deep pipeline stalls.
                 if not self._buffer_paused or len(self._messages) > self._msg_queue_resume_size \
-                        or (self._messages and self._fast_task is None) or self._closing():
+                        or (self._messages and self._relay_task is None) or self._closing():
                     break
                 before = len(self._messages)
                 self._resume_reading_if_drained()  # re-parses what the parser held back: may queue more
@@ -158,7 +154,7 @@ class FastHandler(GuardedHandler):
         finally:
             self._answering = False
         waiter = self._waiter
-        if self._messages and self._fast_task is None and waiter is not None and not waiter.done():
+        if self._messages and self._relay_task is None and waiter is not None and not waiter.done():
             waiter.set_result(None)  # the head message is aiohttp's to answer
 
     def _answer_queued(self) -> None:
@@ -177,7 +173,7 @@ class FastHandler(GuardedHandler):
             if self._parser is not None:
                 self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
             if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
-                self._fast_task = self._loop.create_task(self._run_fast(answer))
+                self._relay_task = self._loop.create_task(self._run_fast(answer))
                 return
             assert self.transport is not None
             self.transport.write(answer)
@@ -190,7 +186,7 @@ class FastHandler(GuardedHandler):
             log.exception("unhandled error relaying a request from %s; closing the connection", peer(self))
             self.force_close()
         finally:
-            self._fast_task = None
+            self._relay_task = None
             if self._close and not self._force_close:
                 self.force_close()  # draining: the connection ends after its response (which close() flushes)
             elif self.transport is not None and not self._force_close:
@@ -202,15 +198,15 @@ class FastHandler(GuardedHandler):
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
     def _process_keepalive(self) -> None:
-        if self._fast_task is not None:  # a response is being relayed: the connection is not idle
+        if self._relay_task is not None:  # a response is being relayed: the connection is not idle
             self._keepalive_handle = self._loop.call_at(self._loop.time() + self._keepalive_timeout,
                                                         self._process_keepalive)
             return
         super()._process_keepalive()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._fast_task is not None:
-            self._fast_task.cancel()  # as handler_cancellation does for aiohttp's own handlers
+        if self._relay_task is not None:
+            self._relay_task.cancel()  # as handler_cancellation does for aiohttp's own handlers
         super().connection_lost(exc)
 
     async def drain(self) -> None:
@@ -221,6 +217,7 @@ class FastHandler(GuardedHandler):
 def fast_answerer(app: web.Application) -> FastAnswer:
     """The ``fast_answer`` for the proxy app's connections."""
     memo: Memo | None = None
+    taps = app[TAPS_KEY]  # (the list itself: a tap added later is seen)
 
     def answer(msg: RawRequestMessage, payload: StreamReader,
                handler: FastHandler) -> bytes | Coroutine[Any, Any, None] | None:
@@ -236,7 +233,7 @@ def fast_answerer(app: web.Application) -> FastAnswer:
             return None
         has_body = payload is not EMPTY_PAYLOAD
         if known.head is not None:  # answered here, unless a body must be read first (rare: a rejection)
-            return None if has_body else _answered(app, known, msg, _client(handler))
+            return None if has_body else _answered(app, taps, known, msg, _client(handler))
         host = msg.headers.get("Host")
         if not host or (has_body and not _takes_body(snap, msg)):
             return None
@@ -264,12 +261,12 @@ def _scheme(handler: FastHandler) -> str:
     return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
 
 
-def _answered(app: web.Application, known: Known, msg: RawRequestMessage, client: str) -> bytes:
+def _answered(app: web.Application, taps: list[Tap], known: Known, msg: RawRequestMessage, client: str) -> bytes:
     ex = begin(app, Exchange(msg.method, msg.path, client, known.decision))
     ex.status, ex.bytes_out = known.decision.status or 500, len(known.body)
     notify(app, ex)
     response = known.response()
-    if app[TAPS_KEY]:
+    if taps:  # (a demo's wire view; empty in production)
         _tap(app, msg.method, msg.path, msg.headers, response)
     return response
 

@@ -20,7 +20,7 @@ close those gaps:
 
 It also drains what is in flight at a stop (uploads still arriving included), bounds what a slow client
 costs (``limits.min_data_rate``, RESPONSE_BUFFER), and leaves room for a subclass that answers queued
-messages itself (fastpath.FastHandler: ``answers_queue``, ``_relaying``, ``_answer_queue``).
+messages itself (fastpath.FastHandler: ``answers_queue``, ``_relay_task``, ``_answer_queue``).
 
 Everything else that is malformed (request line, header syntax, lengths, duplicate or
 conflicting ``Content-Length``/``Transfer-Encoding``, chunk syntax, header count and size)
@@ -74,7 +74,7 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
                  "_head_bytes", "_rx", "_rx_mark", "_after_chunked", "_min_rate", "_body_active", "_body_tick",
-                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer")
+                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
                  min_data_rate: float | None = None, **kwargs: Any) -> None:
@@ -86,6 +86,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._wait_since: float | None = None  # waiting for the client to take a response since
         self._wait_acked = 0  # bytes it had acknowledged then
         self._write_timer: asyncio.TimerHandle | None = None
+        self._relay_task: asyncio.Task[None] | None = None  # a response relayed outside aiohttp's loop (FastHandler)
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
@@ -123,14 +124,14 @@ class GuardedHandler(web_protocol.RequestHandler):
         waiter = self._waiter
         waiting = waiter is not None and not waiter.done()
         # A response relayed outside aiohttp's loop is a request in progress; b"" is aiohttp re-parsing after a pause.
-        idle = waiting and self._relaying() is None and bool(data)
+        idle = waiting and self._relay_task is None and bool(data)
         in_head = self._header_timer is not None or idle
         if in_head:
             self._head_bytes = self._head_bytes + len(data) if self._header_timer is not None else len(data)
         # A subclass that answers queued messages itself (fastpath.FastHandler): while aiohttp's loop waits,
         # hold back its wake-up until we know a message is left for it: it takes one message a wake-up, an
         # answer on the connection takes the message away, and while one is relayed the messages behind it wait.
-        hold = waiting and self.answers_queue and (before == 0 or self._relaying() is not None)
+        hold = waiting and self.answers_queue and (before == 0 or self._relay_task is not None)
         if hold:
             self._waiter = None
         super().data_received(data)
@@ -143,7 +144,7 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._check_new(before, sized=not data or self._rx - self._rx_mark > MAX_HEAD)
             if data:
                 self._rx_mark = start
-            if hold and self._relaying() is None:
+            if hold and self._relay_task is None:
                 self._answer_queue()
         elif in_head and self._head_bytes > MAX_HEAD and not self._force_close and self.transport is not None:
             # aiohttp bounds each header line and the count, not the sum: 127 x 16 KiB would pass.
@@ -155,10 +156,6 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._arm_header_timer()  # first bytes of the next keep-alive request
 
     answers_queue = False  # fastpath.FastHandler: it answers messages off the queue (see _received)
-
-    def _relaying(self) -> asyncio.Task[None] | None:
-        """A response being relayed outside aiohttp's loop (fastpath.FastHandler), if any."""
-        return None
 
     def _answer_queue(self) -> None:
         """Answer what can be of the messages just queued (fastpath.FastHandler)."""
@@ -209,7 +206,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         deadline = None if timeout is None else self._loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
-                if (relaying := self._relaying()) is not None:
+                if (relaying := self._relay_task) is not None:
                     await asyncio.shield(relaying)
                 if self._request_in_progress:
                     self._handler_waiter = self._loop.create_future()  # set by aiohttp's _handle_request
