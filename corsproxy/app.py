@@ -1,11 +1,11 @@
-"""build_app(): the proxy application, its live config and its one pooled ClientSession."""
+"""build_app(): the proxy application, its live config, its upstream pools and WebSocket sessions."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 
-import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from .config import Config
@@ -13,15 +13,16 @@ from .proxy import (
     LIVE_KEY,
     OBSERVERS_KEY,
     POOLS_KEY,
-    SESSION_KEY,
+    SESSIONS_KEY,
     STARTED_KEY,
+    TAPS_KEY,
     Live,
     Observer,
     Snapshot,
-    client_ssl,
     handle,
     keep_untyped,
     name_server,
+    retire_pools,
 )
 
 
@@ -33,8 +34,10 @@ def build_app(config: Config, *, observers: Iterable[Observer] = (),
     app[LIVE_KEY] = Live(Snapshot.build(config))
     app[OBSERVERS_KEY] = list(observers)
     app[STARTED_KEY] = list(started)
+    app[TAPS_KEY] = []
     app[POOLS_KEY] = {}
-    app.cleanup_ctx.append(_client_session)
+    app[SESSIONS_KEY] = {}
+    app.cleanup_ctx.append(_close_clients)
     app.on_response_prepare.append(keep_untyped)
     app.on_response_prepare.append(name_server)
     app._router = CatchAllRouter(handle)  # the router= argument is deprecated; the attribute is not
@@ -48,7 +51,7 @@ class CatchAllRouter(web.UrlDispatcher):
     cost (bench/README.md). The proxy handler reads ``request.raw_path`` itself.
     """
 
-    def __init__(self, handler: web.Handler) -> None:
+    def __init__(self, handler: Handler) -> None:
         super().__init__()
         self._route = self.add_route("*", "/{tail:.*}", handler)
 
@@ -56,34 +59,17 @@ class CatchAllRouter(web.UrlDispatcher):
         return UrlMappingMatchInfo({}, self._route)
 
 
-async def _client_session(app: web.Application) -> AsyncIterator[None]:
-    # HTTP goes through upstream.Pool (made on first use, closed here); aiohttp's session carries
-    # WebSockets only. Upstream TLS and pool settings are read when a pool is made, so they change
-    # on restart, or on a reload to another upstream.
-    config = app[LIVE_KEY].current.config
-    connector = aiohttp.TCPConnector(
-        limit=config.upstream.max_connections, ssl=client_ssl(config), enable_cleanup_closed=False
-    )
-    async with aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,  # encoded bodies pass byte for byte
-        cookie_jar=aiohttp.DummyCookieJar(),  # SECURITY: never carry one client's cookies to another
-        trust_env=False,
-        read_bufsize=2**16,
-        # The handshake is bounded like any upstream request; once open, aiohttp drops the read
-        # timeout (ws_receive=None), so an idle WebSocket is not cut.
-        timeout=aiohttp.ClientTimeout(total=None, connect=config.upstream.connect_timeout,
-                                      sock_connect=config.upstream.connect_timeout,
-                                      sock_read=config.upstream.read_timeout),
-    ) as session:
-        app[SESSION_KEY] = session
-        try:
-            yield
-        finally:
-            for pool in app[POOLS_KEY].values():
-                await pool.close()
+async def _close_clients(app: web.Application) -> AsyncIterator[None]:
+    # HTTP goes through upstream.Pool; aiohttp's session carries WebSockets only. Both are made on first use,
+    # one for each set of upstream settings (proxy.Snapshot.pool_key), so a reload that changes them takes effect.
+    yield
+    for pool in app[POOLS_KEY].values():
+        await pool.close()
+    for session in app[SESSIONS_KEY].values():
+        await session.close()
 
 
 def reload(app: web.Application, config: Config) -> None:
     """Swap the config in force; requests already running keep the snapshot they started with."""
-    app[LIVE_KEY].current = Snapshot.build(config)
+    snap = app[LIVE_KEY].current = Snapshot.build(config)
+    retire_pools(app, snap)

@@ -158,8 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.environ.get(WORKER_DIR_ENV):  # a worker's supervisor checked already (and its siblings share the port)
         log = logging.getLogger("corsproxy")
         if problems := startup.port_problems(config):
-            for problem in problems:
-                log.error("cannot start: %s", problem)
+            for refused in problems:
+                log.error("cannot start: %s", refused)
             return EXIT_STARTUP
         if (problem := startup.upstream_problem(config)) is not None:
             log.warning("%s; serving anyway: requests get 502 and /readyz says 503 until it does", problem)

@@ -41,8 +41,8 @@ ResourcePolicy = Literal["same-site", "same-origin", "cross-origin"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CONFIG_PATH = "config.yaml"
-# Read once at start (listeners, the upstream pool): a reload that changes them waits for a restart.
-RESTART_ONLY = ("listen", "admin", "upstream.max_connections", "upstream.tls_verify", "upstream.ca_file")
+# Read once at start (the listeners): a reload that changes them waits for a restart (README "Reload").
+RESTART_ONLY = ("listen.host", "listen.port", "listen.tls", "admin")
 # Methods a browser uppercases whatever the page wrote (Fetch "normalize a method").
 NORMALIZED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 ANY = ("*",)
@@ -98,6 +98,8 @@ class LimitsConfig:
     max_body_size: int | None = 10 * 1024**2
     header_timeout: float = 20.0  # seconds for a request head (nginx client_header_timeout)
     body_timeout: float = 30.0  # seconds without a byte of a request body (nginx client_body_timeout)
+    # bytes/s a client must keep up sending a body or taking a response, after a 5 s grace (Kestrel); None: off
+    min_data_rate: float | None = 240.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +288,12 @@ def _int(minimum: int, maximum: int) -> Parser:
     return parse
 
 
+def _rate(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 1:
+        raise ValueError(f"expected bytes per second >= 1 (e.g. 240), or null for no minimum, got {v!r}")
+    return float(v)
+
+
 def _optional(parse: Parser) -> Parser:
     return lambda v: None if v is None else parse(v)
 
@@ -449,6 +457,7 @@ _LIMITS = {
     "max_body_size": _Field(_size, 10 * 1024**2),
     "header_timeout": _Field(_number(0.1), 20.0),
     "body_timeout": _Field(_number(0.1), 30.0),
+    "min_data_rate": _Field(_optional(_rate), 240.0),
 }
 _ADMIN = {"host": _Field(_str), "port": _Field(_int(0, 65535), 9901)}
 _LOGGING = {

@@ -27,6 +27,7 @@ from aiohttp import web
 from .app import build_app
 from .config import Config, parse
 from .logs import AccessLog
+from .proxy import TAPS_KEY, Tap
 from .server import make_runner
 
 DEFAULT_PORT = 8080  # the page; the proxy gets the next port and the API the one after
@@ -69,14 +70,21 @@ class Wiretap:
     seq: int = 0
 
     def hook(self, server: str) -> Callable[[web.Request, web.StreamResponse], Any]:
+        """An ``on_response_prepare`` hook: what aiohttp's request path sends."""
         async def record(request: web.Request, response: web.StreamResponse) -> None:
-            self.seq += 1
-            self.entries.append({
-                "seq": self.seq, "server": server, "method": request.method, "path": request.path_qs,
-                "status": response.status, "reason": response.reason,
-                "request": list(request.headers.items()), "response": list(response.headers.items()),
-            })
+            self.record(server, request.method, request.path_qs, list(request.headers.items()), response.status,
+                        response.reason, list(response.headers.items()))
         return record
+
+    def tap(self, server: str) -> Tap:
+        """A proxy tap (proxy.TAPS_KEY): what the connection-level path sends."""
+        return lambda *exchange: self.record(server, *exchange)
+
+    def record(self, server: str, method: str, path: str, request: list[tuple[str, str]], status: int, reason: str,
+               response: list[tuple[str, str]]) -> None:
+        self.seq += 1
+        self.entries.append({"seq": self.seq, "server": server, "method": method, "path": path, "status": status,
+                             "reason": reason, "request": request, "response": response})
 
     def after(self, seq: int) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["seq"] > seq]
@@ -213,10 +221,10 @@ async def start(port: int | None = None) -> Demo:
     tap = Wiretap()
     proxy = build_app(config, observers=[AccessLog().observe])
     proxy.on_response_prepare.append(tap.hook("proxy"))
+    proxy[TAPS_KEY].append(tap.tap("proxy"))
     runners = [
         await _serve(web.AppRunner(SampleApi().app(tap), access_log=None), socks[2]),
-        # fast_preflights off: the page shows each response through the on_response_prepare tap.
-        await _serve(make_runner(proxy, config, fast_preflights=False), socks[1]),
+        await _serve(make_runner(proxy, config), socks[1]),  # as `corsproxy serve` runs it
         await _serve(web.AppRunner(page_app(render_page(page_port, proxy_port, api_port), tap),
                                    access_log=None), socks[0]),
     ]

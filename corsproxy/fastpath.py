@@ -11,45 +11,44 @@ commonest requests the proxy answers them from the parsed message instead:
 
 Everything else — bodies still arriving, chunked or over ``limits.max_body_size`` or with
 ``Expect``, WebSockets, odd targets, ``Connection: close`` — returns None and takes aiohttp's path
-in :mod:`proxy`. Both paths share the decision (``policy.decide``), the headers
-(``respond_headers``, ``upstream_headers``, ``relay_headers``), the error mapping (``failure``) and
-the observers, and tests/test_fastpath.py holds them to the same bytes.
+in :mod:`proxy`. Both paths share the decision (``policy.decide``), the answers the proxy makes itself
+(``proxy.answer``: one value each path serialises), the headers (``upstream_headers``, ``relay_headers``),
+the error mapping (``failure``) and the observers; tests/test_edge.py holds them to the same header lists.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import RawRequestMessage
+from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from . import splice
-from .guard import FastAnswer, GuardedHandler
+from .guard import GuardedHandler, abort, peer
 from .headers import SERVER
 from .paths import BadPath, decode_path
-from .policy import CorsRequest, Decision, decide, finish, respond_headers
+from .policy import CorsRequest, Decision, decide
 from .proxy import (
-    DECISION_HEADER,
     LIVE_KEY,
     NO_BODY_STATUSES,
-    STARTED_KEY,
+    TAPS_KEY,
+    Answer,
     Exchange,
     Snapshot,
-    broke_off,
-    decision_header,
+    Tap,
+    answer,
+    begin,
     failure,
     may_splice,
     notify,
     pool_for,
+    relay_body,
     relay_headers,
-    splice_rest,
     upstream_headers,
 )
 from .upstream import UpstreamError, UpstreamResponse
@@ -105,10 +104,8 @@ class Memo:
         decision = decide(self.snap.policy, CorsRequest.from_headers(msg.method, path, msg.headers))
         known = Known(decision)
         if decision.status is not None and decision.enforce:
-            status, body = decision.status, decision.body
-            head = _head(self.snap, decision, status, HTTPStatus(status).phrase,
-                         CIMultiDict(respond_headers(decision)), body, date=False)
-            known = Known(decision, head, b"" if msg.method == "HEAD" else body)  # HEAD: the length, no body
+            made = answer(self.snap, decision)
+            known = Known(decision, _made_head(made, date=False), b"" if msg.method == "HEAD" else made.body)
         if len(repr(key)) <= MAX_REMEMBERED_CHARS:  # every client-sent string of the key, and a little more
             if len(self.known) >= MAX_REMEMBERED:
                 self.known.clear()
@@ -116,12 +113,114 @@ class Memo:
         return known
 
 
+# Given a parsed keep-alive request, its body (EMPTY_PAYLOAD, or a StreamReader that has all of it) and its
+# connection: the whole response's bytes, or a coroutine that relays it (writing to ``handler.transport``), when
+# it can be answered without aiohttp's request objects; else None, and aiohttp's loop takes the request.
+# Only the coroutine may read the body: reading can resume a paused transport, which re-enters data_received.
+FastAnswer = Callable[[RawRequestMessage, StreamReader, "FastHandler"], "bytes | Coroutine[Any, Any, None] | None"]
+
+
+class FastHandler(GuardedHandler):
+    """A guarded connection that answers what it can of its queued messages itself (``fast_answer``), in order,
+    before aiohttp's loop makes request objects of them; it owns that part of the pipeline: holding aiohttp's
+    loop back meanwhile, resuming reading as the queue drains (as aiohttp's loop does), one relay at a time."""
+
+    __slots__ = ("_fast_answer", "_answering")
+    answers_queue = True
+
+    def __init__(self, manager: web.Server, *, fast_answer: FastAnswer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._fast_answer = fast_answer
+        self._answering = False
+
+    def _answer_queue(self) -> None:
+        """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
+        then wake aiohttp's loop if a message is left for it."""
+        if self._answering:
+            return  # re-entered from the re-parse below: the loop there takes what it queued
+        self._answering = True
+        try:
+            while True:
+                self._answer_queued()
+                # aiohttp's parser stops at a full queue and its loop resumes reading as it takes messages
+                # (aiohttp >= 3.14.1); messages taken here must do the same, or a deep pipeline stalls.
+                if not self._buffer_paused or len(self._messages) > self._msg_queue_resume_size \
+                        or (self._messages and self._relay_task is None) or self._closing():
+                    break
+                before = len(self._messages)
+                self._resume_reading_if_drained()  # re-parses what the parser held back: may queue more
+                if len(self._messages) == before:
+                    break
+        finally:
+            self._answering = False
+        waiter = self._waiter
+        if self._messages and self._relay_task is None and waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the head message is aiohttp's to answer
+
+    def _answer_queued(self) -> None:
+        while self._messages and not self._closing():
+            msg, payload = self._messages[0]
+            # HTTP/1.1 keep-alive only: an HTTP/1.0 client needs "Connection: keep-alive" and no chunking,
+            # which aiohttp's own path handles. A body must be all here (no waiting, no body timer).
+            if not isinstance(msg, RawRequestMessage) or msg.should_close or msg.version != HttpVersion11 \
+                    or (payload is not EMPTY_PAYLOAD and not payload.is_eof()):
+                break
+            assert self._fast_answer is not None
+            answer = self._fast_answer(msg, payload, self)
+            if answer is None:
+                break
+            self._messages.popleft()
+            if self._parser is not None:
+                self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
+            if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
+                self._relay_task = self._loop.create_task(self._run_fast(answer))
+                return
+            assert self.transport is not None
+            self.transport.write(answer)
+            self._restart_keepalive()
+
+    async def _run_fast(self, answer: Coroutine[Any, Any, None]) -> None:
+        try:
+            await answer
+        except Exception:  # no aiohttp 500 handler here: log it and close, never leave the client hanging
+            log.exception("unhandled error relaying a request from %s; closing the connection", peer(self))
+            self.force_close()
+        finally:
+            self._relay_task = None
+            if self._close and not self._force_close:
+                self.force_close()  # draining: the connection ends after its response (which close() flushes)
+            elif self.transport is not None and not self._force_close:
+                self._restart_keepalive()
+                self._answer_queue()
+
+    def _restart_keepalive(self) -> None:
+        if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    def _process_keepalive(self) -> None:
+        if self._relay_task is not None:  # a response is being relayed: the connection is not idle
+            self._keepalive_handle = self._loop.call_at(self._loop.time() + self._keepalive_timeout,
+                                                        self._process_keepalive)
+            return
+        super()._process_keepalive()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._relay_task is not None:
+            self._relay_task.cancel()  # as handler_cancellation does for aiohttp's own handlers
+        super().connection_lost(exc)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken what was written (raises if it went away)."""
+        await self._drain_helper()
+
+
 def fast_answerer(app: web.Application) -> FastAnswer:
     """The ``fast_answer`` for the proxy app's connections."""
     memo: Memo | None = None
+    taps = app[TAPS_KEY]  # (the list itself: a tap added later is seen)
 
     def answer(msg: RawRequestMessage, payload: StreamReader,
-               handler: GuardedHandler) -> bytes | Coroutine[Any, Any, None] | None:
+               handler: FastHandler) -> bytes | Coroutine[Any, Any, None] | None:
         nonlocal memo
         if msg.upgrade or not msg.path.startswith("/"):
             return None
@@ -134,7 +233,7 @@ def fast_answerer(app: web.Application) -> FastAnswer:
             return None
         has_body = payload is not EMPTY_PAYLOAD
         if known.head is not None:  # answered here, unless a body must be read first (rare: a rejection)
-            return None if has_body else _answered(app, known, msg, _client(handler))
+            return None if has_body else _answered(app, taps, known, msg, _client(handler))
         host = msg.headers.get("Host")
         if not host or (has_body and not _takes_body(snap, msg)):
             return None
@@ -152,31 +251,39 @@ def _takes_body(snap: Snapshot, msg: RawRequestMessage) -> bool:
     return limit is None or int(msg.headers.get("Content-Length", "0")) <= limit
 
 
-def _client(handler: GuardedHandler) -> str:
+def _client(handler: FastHandler) -> str:
     peer = handler.peername
     return str(peer[0]) if isinstance(peer, tuple) else "-"
 
 
-def _scheme(handler: GuardedHandler) -> str:
+def _scheme(handler: FastHandler) -> str:
     transport = handler.transport
     return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
 
 
-def _answered(app: web.Application, known: Known, msg: RawRequestMessage, client: str) -> bytes:
-    ex = Exchange(msg.method, msg.path, client, known.decision)
-    for hook in app[STARTED_KEY]:
-        hook(ex)
+def _answered(app: web.Application, taps: list[Tap], known: Known, msg: RawRequestMessage, client: str) -> bytes:
+    ex = begin(app, Exchange(msg.method, msg.path, client, known.decision))
     ex.status, ex.bytes_out = known.decision.status or 500, len(known.body)
     notify(app, ex)
-    return known.response()
+    response = known.response()
+    if taps:  # (a demo's wire view; empty in production)
+        _tap(app, msg.method, msg.path, msg.headers, response)
+    return response
+
+
+def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy[str], head: bytes) -> None:
+    """Tell the taps (proxy.TAPS_KEY) the head just sent, parsed back from its bytes."""
+    status_line, *lines = head.partition(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape").split("\r\n")
+    _, status, reason = (status_line.split(" ", 2) + [""])[:3]
+    sent = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
+    for tap in app[TAPS_KEY]:
+        tap(method, path, list(headers.items()), int(status), reason, sent)
 
 
 async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
-                   handler: GuardedHandler, payload: StreamReader) -> None:
+                   handler: FastHandler, payload: StreamReader) -> None:
     body = payload.read_nowait()  # all of it is here (guard.FastAnswer)
-    ex = Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(body))
-    for hook in app[STARTED_KEY]:
-        hook(ex)
+    ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(body)))
     try:
         try:
             upstream = await pool_for(app, snap).request(
@@ -185,19 +292,19 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
                 may_splice=may_splice(handler.transport))
         except UpstreamError as exc:
             status, message = failure(request, snap, ex, exc)
-            _write_error(handler, snap, ex, status, message)
+            _write_error(app, handler, snap, ex, status, message)
             return
         try:
-            await _relay(handler, request, snap, ex, upstream)
+            await _relay(app, handler, request, snap, ex, upstream)
         finally:
             upstream.release()
     except ConnectionResetError:  # the client went away while we wrote
-        _abort(handler)
+        abort(handler.transport)
     finally:
         notify(app, ex)
 
 
-async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: Exchange,
+async def _relay(app: web.Application, handler: FastHandler, request: Message, snap: Snapshot, ex: Exchange,
                  upstream: UpstreamResponse) -> None:
     headers = relay_headers(request, snap, ex, upstream.headers)
     status = ex.status = upstream.status
@@ -211,7 +318,9 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
     elif has_body and "Content-Length" not in headers:
         chunked = True  # the upstream's framing (chunked, or until close) is not ours to pass on
         headers["Transfer-Encoding"] = "chunked"
-    head = _head(snap, None, status, upstream.reason, headers, b"") + b"\r\n"
+    head = _head(status, upstream.reason, headers, b"") + b"\r\n"
+    if app[TAPS_KEY]:
+        _tap(app, request.method, request.raw_path, request.headers, head)
     transport = handler.transport
     if transport is None:
         return
@@ -220,40 +329,39 @@ async def _relay(handler: GuardedHandler, request: Message, snap: Snapshot, ex: 
         ex.bytes_out = len(whole)
         return
     transport.write(head)
-    try:
-        if await splice_rest(transport, ex, upstream):  # (not for HEAD, 204/304 or chunked: no plain length)
-            return
-        while chunk := await upstream.read():
-            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-            ex.bytes_out += len(chunk)
-            await handler.drain()
-    except (UpstreamError, splice.DestinationStalled) as exc:
-        broke_off(request, ex, exc)
-        _abort(handler)
-        return
-    if chunked:
+
+    async def write(chunk: bytes) -> None:
+        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await handler.drain()
+
+    if await relay_body(request, snap, ex, upstream, transport, write) and chunked:
         transport.write(b"0\r\n\r\n")
 
 
-def _write_error(handler: GuardedHandler, snap: Snapshot, ex: Exchange, status: int, message: str) -> None:
-    """A 502/504 with the CORS headers an upstream response would get (proxy._error, as bytes)."""
-    body = (message + "\n").encode()
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
-    finish(ex.decision, headers)
-    head = _head(snap, ex.decision, status, HTTPStatus(status).phrase, headers, body)
-    sent = b"" if ex.method == "HEAD" else body  # HEAD: the length, no body
+def _write_error(app: web.Application, handler: FastHandler, snap: Snapshot, ex: Exchange, status: int,
+                 message: str) -> None:
+    """A 502/504 (proxy.answer, as bytes)."""
+    made = answer(snap, ex.decision, (status, message))
+    sent = b"" if ex.method == "HEAD" else made.body  # HEAD: the length, no body
     ex.status, ex.bytes_out = status, len(sent)
+    head = _made_head(made) + b"\r\n"
+    if app[TAPS_KEY]:
+        _tap(app, ex.method, ex.path, CIMultiDictProxy(CIMultiDict()), head)
     if handler.transport is not None:
-        handler.transport.write(head + b"\r\n" + sent)
+        handler.transport.write(head + sent)
 
 
-def _head(snap: Snapshot, decision: Decision | None, status: int, reason: str, headers: CIMultiDict[str],
-          body: bytes, *, date: bool = True) -> bytes:
-    """Status line and header lines, with the decision header, Content-Length, Date (unless ``date`` is
-    False) and Server added as aiohttp adds them; without the blank line that ends the head."""
-    if decision is not None and (debug := decision_header(snap, decision)) is not None:
-        headers[DECISION_HEADER] = debug
-    if body or (decision is not None and status not in NO_BODY_STATUSES):
+def _made_head(made: Answer, *, date: bool = True) -> bytes:
+    """An :class:`proxy.Answer`'s head as aiohttp's Response would send it (a length even when empty)."""
+    return _head(made.status, made.reason, CIMultiDict(made.headers), made.body, date=date,
+                 length=made.status not in NO_BODY_STATUSES)
+
+
+def _head(status: int, reason: str, headers: CIMultiDict[str], body: bytes, *, date: bool = True,
+          length: bool = False) -> bytes:
+    """Status line and header lines, with Content-Length (for a body, or with ``length``), Date (unless ``date``
+    is False) and Server added as aiohttp adds them; without the blank line that ends the head."""
+    if body or length:
         headers["Content-Length"] = str(len(body))
     if date:
         headers.setdefault("Date", rfc822_formatted_time())
@@ -261,8 +369,3 @@ def _head(snap: Snapshot, decision: Decision | None, status: int, reason: str, h
     lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{name}: {value}\r\n" for name, value in headers.items())]
     return "".join(lines).encode("utf-8", "surrogateescape")
 
-
-def _abort(handler: GuardedHandler) -> None:
-    # The status line is gone already: the only honest signal left is a broken connection.
-    if handler.transport is not None:
-        handler.transport.abort()

@@ -18,24 +18,25 @@ close those gaps:
 - a request head over ``MAX_HEAD`` bytes in all (aiohttp bounds each line and the number
   of headers, not their sum) -> ``431`` and close.
 
-It also carries the connection-level fast path (``fast_answer``, supplied by fastpath.py):
-an HTTP/1.1 keep-alive request with no body, or with all of its body already read, that the proxy
-can answer from the parsed message is answered (or relayed by a task) before aiohttp makes a request
-of it; aiohttp's loop is held back meanwhile, so pipelined requests are still answered in order.
+It also drains what is in flight at a stop (uploads still arriving included), bounds what a slow client
+costs (``limits.min_data_rate``, RESPONSE_BUFFER), and leaves room for a subclass that answers queued
+messages itself (fastpath.FastHandler: ``answers_queue``, ``_relay_task``, ``_answer_queue``).
 
 Everything else that is malformed (request line, header syntax, lengths, duplicate or
 conflicting ``Content-Length``/``Transfer-Encoding``, chunk syntax, header count and size)
 is already refused with ``400`` by aiohttp's parser, and covered by tests/reliability.
 
-This touches aiohttp internals (``RequestHandler`` attributes, ``_ErrInfo``); the tests in
-tests/reliability/test_socket_input.py pin the behaviour on every aiohttp upgrade.
+This touches aiohttp internals (``RequestHandler`` attributes, ``_ErrInfo``), listed in corsproxy/internals.py;
+tests/test_internals.py and tests/reliability/test_socket_input.py pin them on every aiohttp upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+import socket
+import struct
+import sys
 from typing import Any
 
 from aiohttp import web, web_protocol
@@ -53,30 +54,39 @@ BODY_TIMEOUT = 30.0  # seconds without a byte while a request body is being read
 # own limits apply: 128 headers, 16 KiB a field (app.py's handler_args), 8190 bytes a request line.
 MAX_HEAD = 64 * 1024
 LINGER = 2.0  # seconds to drain a refused request's remaining bytes before closing
+# limits.min_data_rate is averaged over this long before it applies (Kestrel's grace period), and checked every
+# RATE_TICK seconds while a request body is read or the proxy waits for a client to take a response.
+MIN_RATE_GRACE = 5.0
+RATE_TICK = 1.0
+# Bytes of response a connection may hold for a client slower than the upstream (the transport's buffer) before
+# the relay waits for it: an answer up to this size leaves the upstream at the upstream's speed, and its
+# connection goes back to the pool, whatever the client's (nginx proxy_buffering, in memory only).
+RESPONSE_BUFFER = 2**20
+TCP_INFO_SIZE = 128  # struct tcp_info up to tcpi_bytes_acked (u64 at offset 120, Linux >= 4.1)
 CLOSING_RESPONSE = (
     b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
 )
 
 
-# Given a parsed keep-alive request, its body (EMPTY_PAYLOAD, or a StreamReader that has all of it) and its
-# connection: the whole response's bytes, or a coroutine that relays it (writing to ``handler.transport``), when
-# it can be answered without aiohttp's request objects; else None, and aiohttp's loop takes the request.
-# Only the coroutine may read the body: reading can resume a paused transport, which re-enters data_received.
-FastAnswer = Callable[[RawRequestMessage, StreamReader, "GuardedHandler"], "bytes | Coroutine[Any, Any, None] | None"]
-
-
 class GuardedHandler(web_protocol.RequestHandler):
     """One connection: aiohttp's handler plus the timers and checks above."""
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
-                 "_head_bytes", "_fast_answer", "_fast_task", "_rx", "_rx_mark", "_after_chunked")
+                 "_head_bytes", "_rx", "_rx_mark", "_after_chunked", "_min_rate", "_body_active", "_body_tick",
+                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
-                 fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
+                 min_data_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._fast_answer = fast_answer
-        self._fast_task: asyncio.Task[None] | None = None
+        self._min_rate = min_data_rate
+        # Over each MIN_RATE_GRACE seconds a body is read (not paused by us): seconds so far, last look, bytes before.
+        self._body_active = self._body_tick = 0.0
+        self._body_mark = 0
+        self._wait_since: float | None = None  # waiting for the client to take a response since
+        self._wait_acked = 0  # bytes it had acknowledged then
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._relay_task: asyncio.Task[None] | None = None  # a response relayed outside aiohttp's loop (FastHandler)
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
         self._header_timer: asyncio.TimerHandle | None = None
@@ -94,21 +104,34 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._close and not self._force_close and self._request_in_progress and data:
+            # Draining (Server.pre_shutdown closed us): aiohttp would drop every byte from now on, and an
+            # upload in progress would stall until drain_timeout. Its body still arrives; the loop stops
+            # after this response, so nothing behind it is answered.
+            self._close = False
+            try:
+                self._received(data)
+            finally:
+                self._close = True
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
         start = self._rx
         self._rx = start + len(data)
         before = len(self._messages)
         waiter = self._waiter
         waiting = waiter is not None and not waiter.done()
-        # A fast answer being relayed is a request in progress; b"" is aiohttp re-parsing after a pause.
-        idle = waiting and self._fast_task is None and bool(data)
+        # A response relayed outside aiohttp's loop is a request in progress; b"" is aiohttp re-parsing after a pause.
+        idle = waiting and self._relay_task is None and bool(data)
         in_head = self._header_timer is not None or idle
         if in_head:
             self._head_bytes = self._head_bytes + len(data) if self._header_timer is not None else len(data)
-        # While aiohttp's loop waits, hold back its wake-up until we know a message is left for it: it
-        # takes one message a wake-up, a fast answer takes the message away, and while a fast answer is
-        # being relayed the messages behind it must wait their turn.
-        hold = waiting and self._fast_answer is not None and (before == 0 or self._fast_task is not None)
+        # A subclass that answers queued messages itself (fastpath.FastHandler): while aiohttp's loop waits,
+        # hold back its wake-up until we know a message is left for it: it takes one message a wake-up, an
+        # answer on the connection takes the message away, and while one is relayed the messages behind it wait.
+        hold = waiting and self.answers_queue and (before == 0 or self._relay_task is not None)
         if hold:
             self._waiter = None
         super().data_received(data)
@@ -121,16 +144,24 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._check_new(before, sized=not data or self._rx - self._rx_mark > MAX_HEAD)
             if data:
                 self._rx_mark = start
-            if hold and self._fast_task is None:
-                self._answer_fast()
+            if hold and self._relay_task is None:
+                self._answer_queue()
         elif in_head and self._head_bytes > MAX_HEAD and not self._force_close and self.transport is not None:
             # aiohttp bounds each header line and the count, not the sum: 127 x 16 KiB would pass.
             self._cancel(header=True)
-            log.warning("closing connection from %s: request head over %d bytes (431)", _peer(self), MAX_HEAD)
+            log.warning("closing connection from %s: request head over %d bytes (431)", peer(self), MAX_HEAD)
             self._send_and_close(b"431 Request Header Fields Too Large", f"request head over {MAX_HEAD} bytes",
                                  linger=True)
         elif idle and self._header_timer is None and not self._force_close:
             self._arm_header_timer()  # first bytes of the next keep-alive request
+
+    answers_queue = False  # fastpath.FastHandler: it answers messages off the queue (see _received)
+
+    def _answer_queue(self) -> None:
+        """Answer what can be of the messages just queued (fastpath.FastHandler)."""
+
+    def _closing(self) -> bool:
+        return self.transport is None or self._force_close or self._close
 
     def _check_new(self, before: int, sized: bool) -> None:
         """Refuse new messages with faulty framing; ``sized``: their heads may be over MAX_HEAD."""
@@ -153,7 +184,9 @@ class GuardedHandler(web_protocol.RequestHandler):
                 # Handled like any other parse error: aiohttp's error response and a closed connection.
                 self._messages[i] = (web_protocol._ErrInfo(status, BadHttpMessage(problem), problem), EMPTY_PAYLOAD)
             elif payload is not EMPTY_PAYLOAD and not payload.is_eof() and self._body_timer is None:
-                self._body_timer = self._loop.call_later(self._body_timeout, self._check_body, payload)
+                self._body_active, self._body_tick, self._body_mark = 0.0, self._loop.time(), 0
+                self._body_timer = self._loop.call_later(min(RATE_TICK, self._body_timeout), self._check_body,
+                                                         payload)
 
     def _drop_from(self, index: int) -> None:
         """Discard the queued messages from ``index`` on, unanswered (they are read, so the parser's count of
@@ -163,64 +196,34 @@ class GuardedHandler(web_protocol.RequestHandler):
             if self._parser is not None:
                 self._parser.message_consumed()
 
-    def _answer_fast(self) -> None:
-        """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
-        then wake aiohttp's loop if a message is left for it."""
-        while self._messages and self.transport is not None and not self._force_close:
-            msg, payload = self._messages[0]
-            # HTTP/1.1 keep-alive only: an HTTP/1.0 client needs "Connection: keep-alive" and no chunking,
-            # which aiohttp's own path handles. A body must be all here (no waiting, no body timer).
-            if not isinstance(msg, RawRequestMessage) or msg.should_close or msg.version != HttpVersion11 \
-                    or (payload is not EMPTY_PAYLOAD and not payload.is_eof()):
-                break
-            assert self._fast_answer is not None
-            answer = self._fast_answer(msg, payload, self)
-            if answer is None:
-                break
-            self._messages.popleft()
-            if self._parser is not None:
-                self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
-            if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
-                self._fast_task = self._loop.create_task(self._run_fast(answer))
-                return
-            self.transport.write(answer)
-            self._restart_keepalive()
-        waiter = self._waiter
-        if self._messages and waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """Let the request in flight finish, within ``timeout`` (listen.drain_timeout), before aiohttp's stop.
 
-    async def _run_fast(self, answer: Coroutine[Any, Any, None]) -> None:
+        aiohttp's stop waits for its own handler only, and first sets ``_force_close``, after which every byte
+        received is dropped: an upload in progress would stall to the end. Here a response relayed on the
+        connection counts as a request in flight too, and a request body still arriving is still read.
+        """
+        deadline = None if timeout is None else self._loop.time() + timeout
         try:
-            await answer
-        except Exception:  # no aiohttp 500 handler here: log it and close, never leave the client hanging
-            log.exception("unhandled error relaying a request from %s; closing the connection", _peer(self))
-            self.force_close()
-        finally:
-            self._fast_task = None
-            if self.transport is not None and not self._force_close:
-                self._restart_keepalive()
-                self._answer_fast()
-
-    def _restart_keepalive(self) -> None:
-        if self._keepalive_timeout > 0:  # the keep-alive clock restarts, as after any response
-            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
-
-    def _process_keepalive(self) -> None:
-        if self._fast_task is not None:  # a response is being relayed: the connection is not idle
-            self._keepalive_handle = self._loop.call_at(self._loop.time() + self._keepalive_timeout,
-                                                        self._process_keepalive)
-            return
-        super()._process_keepalive()
+            async with asyncio.timeout_at(deadline):
+                if (relaying := self._relay_task) is not None:
+                    await asyncio.shield(relaying)
+                if self._request_in_progress:
+                    self._handler_waiter = self._loop.create_future()  # set by aiohttp's _handle_request
+                    try:
+                        await self._handler_waiter
+                    finally:
+                        self._handler_waiter = None
+        except (TimeoutError, asyncio.CancelledError):
+            if (me := asyncio.current_task()) is not None and me.cancelling():
+                raise  # our own stop was cancelled, not the request
+        # (at least a moment: aiohttp reads a timeout of 0 as none at all)
+        left = None if deadline is None else max(0.01, deadline - self._loop.time())
+        await super().shutdown(left)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._fast_task is not None:
-            self._fast_task.cancel()  # as handler_cancellation does for aiohttp's own handlers
         self._cancel_timers()
         super().connection_lost(exc)
-
-    async def drain(self) -> None:
-        """Wait until the client has taken what was written (raises if it went away)."""
-        await self._drain_helper()
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -228,7 +231,7 @@ class GuardedHandler(web_protocol.RequestHandler):
             return super().handle_error(request, status, exc, message)
         # A client's malformed request: one warning line, not aiohttp's traceback (or, for a
         # garbage first line, its debug-only note), so every refusal shows in the log.
-        log.warning("refused a malformed request from %s with %d: %s", _peer(self), status, _summary(exc))
+        log.warning("refused a malformed request from %s with %d: %s", peer(self), status, _summary(exc))
         self._quiet = True
         try:
             return super().handle_error(request, status, exc, message)
@@ -254,13 +257,16 @@ class GuardedHandler(web_protocol.RequestHandler):
     def _cancel_timers(self) -> None:
         self._cancel(header=True)
         self._cancel(header=False)
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def _on_header_timeout(self) -> None:
         self._header_timer = None
         if self._messages or self._current_request is not None or self.transport is None:
             return  # a request is queued or running: its head is complete
         log.warning("closing connection from %s: request head not complete within %ss (408)",
-                    _peer(self), self._header_timeout)
+                    peer(self), self._header_timeout)
         self._send_and_close(b"408 Request Timeout", "request head not received in time")
 
     def _check_body(self, payload: StreamReader) -> None:
@@ -271,18 +277,71 @@ class GuardedHandler(web_protocol.RequestHandler):
         if self._reading_paused:
             # The proxy stopped reading (the upstream is slow to take the body): not the client's fault.
             self._last_rx = now
+        else:
+            self._body_active += now - self._body_tick
+        self._body_tick = now
         idle = now - self._last_rx
-        if idle < self._body_timeout:
-            self._body_timer = self._loop.call_later(self._body_timeout - idle, self._check_body, payload)
+        rate = self._min_rate
+        if idle >= self._body_timeout:
+            why, reason = f"request body stalled for {self._body_timeout}s", "request body stalled"
+        elif rate is not None and self._body_active >= MIN_RATE_GRACE and \
+                payload.total_bytes - self._body_mark < rate * self._body_active:
+            why = (f"request body at {(payload.total_bytes - self._body_mark) / self._body_active:.0f} bytes/s "
+                   f"over {self._body_active:.0f}s, under limits.min_data_rate ({rate:g} bytes/s)")
+            reason = "request body too slow"
+        else:
+            if self._body_active >= MIN_RATE_GRACE:  # one window of reading: the next begins now
+                self._body_active, self._body_mark = 0.0, payload.total_bytes
+            self._body_timer = self._loop.call_later(min(RATE_TICK, self._body_timeout - idle), self._check_body,
+                                                     payload)
             return
         request = self._current_request
         started = request is not None and request._payload_writer.output_size > 0
-        log.warning("closing connection from %s: request body stalled for %ss%s", _peer(self), self._body_timeout,
+        log.warning("closing connection from %s: %s%s", peer(self), why,
                     " (response already started)" if started else " (408)")
         if started:
             self.force_close()
         else:
-            self._send_and_close(b"408 Request Timeout", "request body stalled")
+            self._send_and_close(b"408 Request Timeout", reason)
+
+    # -- a client slow to take its response (limits.min_data_rate): while the transport's buffer stays over its
+    # high-water mark (pause_writing until resume_writing) the proxy waits on the client; over each
+    # MIN_RATE_GRACE seconds of that it must take (TCP-acknowledge) min_data_rate bytes a second.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._min_rate is not None and self.transport is not None:
+            acked = bytes_acked(self.transport)
+            if acked is not None:  # (Linux; elsewhere no rate is enforced on responses)
+                self._wait_since, self._wait_acked = self._loop.time(), acked
+                if self._write_timer is None:
+                    self._write_timer = self._loop.call_later(RATE_TICK, self._check_write)
+
+    def resume_writing(self) -> None:
+        self._wait_since = None
+        super().resume_writing()
+
+    def _check_write(self) -> None:
+        self._write_timer = None
+        transport, since, rate = self.transport, self._wait_since, self._min_rate
+        if since is None or transport is None or rate is None:
+            return
+        now, acked = self._loop.time(), bytes_acked(transport) or 0
+        waited, taken = now - since, acked - self._wait_acked
+        if waited >= MIN_RATE_GRACE:  # one window: the next begins now
+            if taken < rate * waited:
+                log.warning("closing connection from %s: the client took %d bytes of its response in %.0fs, under "
+                            "limits.min_data_rate (%g bytes/s)", peer(self), taken, waited, rate)
+                abort(transport, reset=True)  # (close() would go on writing the buffer to it)
+                return
+            self._wait_since, self._wait_acked = now, acked
+        self._write_timer = self._loop.call_later(RATE_TICK, self._check_write)
+
+    async def _drain_helper(self) -> None:
+        transport = self.transport
+        if transport is not None and self._paused and transport.get_write_buffer_size() <= RESPONSE_BUFFER:
+            return  # a slow client: its response waits here, not in the upstream connection (RESPONSE_BUFFER)
+        await super()._drain_helper()
 
     def _send_and_close(self, status: bytes, reason: str, *, linger: bool = False) -> None:
         body = (reason + "\n").encode()
@@ -299,6 +358,31 @@ class GuardedHandler(web_protocol.RequestHandler):
         if transport.can_write_eof():
             transport.write_eof()
         self._loop.call_later(LINGER, transport.close)
+
+
+def abort(transport: asyncio.Transport | None, *, reset: bool = False) -> None:
+    """Break a client connection whose response cannot be finished (the status line is gone already: a broken
+    connection is the only honest signal left). ``reset``: at once, with an RST, dropping what the kernel still
+    holds for it (a client too slow to take it would otherwise get it, and the FIN, minutes later)."""
+    if transport is None:
+        return
+    if reset:
+        sock = transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (AttributeError, OSError):
+            pass
+    transport.abort()
+
+
+def bytes_acked(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes the peer's TCP has acknowledged on this connection (Linux ``tcpi_bytes_acked``), or None."""
+    sock = transport.get_extra_info("socket")
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+    except (AttributeError, OSError):
+        return None
+    return int.from_bytes(info[120:128], sys.byteorder) if len(info) >= TCP_INFO_SIZE else None
 
 
 def _framing_problem(msg: RawRequestMessage, sized: bool) -> tuple[int, str | None]:
@@ -324,25 +408,29 @@ def _summary(exc: HttpProcessingError) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _peer(handler: web_protocol.RequestHandler) -> str:
+def peer(handler: web_protocol.RequestHandler) -> str:
     peer = handler.peername
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 class GuardedServer(web.Server):
-    """aiohttp's Server, making :class:`GuardedHandler` connections."""
+    """aiohttp's Server, making :class:`GuardedHandler` connections (or ``handler``'s, a subclass of it, with
+    ``handler_kwargs``)."""
 
-    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, fast_answer: FastAnswer | None = None,
+    def __init__(self, *args: Any, header_timeout: float, body_timeout: float, min_data_rate: float | None = None,
+                 handler: type[GuardedHandler] = GuardedHandler, handler_kwargs: dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._guard = {"header_timeout": header_timeout, "body_timeout": body_timeout, "fast_answer": fast_answer}
+        self._handler = handler
+        self._guard: dict[str, Any] = {"header_timeout": header_timeout, "body_timeout": body_timeout,
+                                       "min_data_rate": min_data_rate, **(handler_kwargs or {})}
 
     def __call__(self) -> GuardedHandler:
-        return GuardedHandler(self, loop=self._loop, **self._guard, **self._kwargs)
+        return self._handler(self, loop=self._loop, **self._guard, **self._kwargs)
 
-    def set_timeouts(self, header_timeout: float, body_timeout: float) -> None:
+    def set_timeouts(self, header_timeout: float, body_timeout: float, min_data_rate: float | None = None) -> None:
         """For connections opened from now on (a reload)."""
-        self._guard.update(header_timeout=header_timeout, body_timeout=body_timeout)
+        self._guard.update(header_timeout=header_timeout, body_timeout=body_timeout, min_data_rate=min_data_rate)
 
 
 class GuardedRunner(web.AppRunner):
@@ -353,20 +441,24 @@ class GuardedRunner(web.AppRunner):
     """
 
     def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT,
-                 body_timeout: float = BODY_TIMEOUT, fast_answer: FastAnswer | None = None, **kwargs: Any) -> None:
+                 body_timeout: float = BODY_TIMEOUT, min_data_rate: float | None = None,
+                 handler: type[GuardedHandler] = GuardedHandler, handler_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
-        self.fast_answer = fast_answer
+        self.min_data_rate = min_data_rate
+        self.handler, self.handler_kwargs = handler, handler_kwargs
 
-    def set_timeouts(self, header_timeout: float, body_timeout: float) -> None:
-        self.header_timeout, self.body_timeout = header_timeout, body_timeout
+    def set_timeouts(self, header_timeout: float, body_timeout: float, min_data_rate: float | None = None) -> None:
+        self.header_timeout, self.body_timeout, self.min_data_rate = header_timeout, body_timeout, min_data_rate
         if isinstance(self.server, GuardedServer):
-            self.server.set_timeouts(header_timeout, body_timeout)
+            self.server.set_timeouts(header_timeout, body_timeout, min_data_rate)
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, loop=plain._loop,
                              header_timeout=self.header_timeout, body_timeout=self.body_timeout,
-                             fast_answer=self.fast_answer, **plain._kwargs)
+                             min_data_rate=self.min_data_rate, handler=self.handler,
+                             handler_kwargs=self.handler_kwargs, **plain._kwargs)

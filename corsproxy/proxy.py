@@ -17,8 +17,9 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import aiohttp
@@ -30,6 +31,7 @@ from yarl import URL
 
 from . import splice
 from .config import Config, IPNetwork
+from .guard import MIN_RATE_GRACE, RESPONSE_BUFFER, abort
 from .headers import HOP_BY_HOP, SERVER, hop_by_hop, rewrite_location
 from .paths import BadPath, decode_path, resolve_dots
 from .policy import CorsRequest, Decision, Policy, UpstreamCorsOutcome, decide, finish, respond_headers
@@ -50,18 +52,25 @@ PROXY_ANSWERED = frozenset({"expect"})
 # Client headers never passed on: the proxy writes its own (lowercase). FORWARDED_BY_US too, unless the client
 # is a trusted proxy.
 OWN_HEADERS = frozenset({"host", "via", "content-length"})
+BODY_BEFORE_CONNECTING = 2**16  # bytes of a request body read before taking an upstream connection
 FORWARDED_BY_US = frozenset({"x-forwarded-proto", "x-forwarded-host"})
 
 
 class Incoming(Protocol):
-    """What forwarding reads of a client's request: an aiohttp ``web.Request``, or fastpath's own."""
+    """What forwarding reads of a client's request: an aiohttp ``web.Request``, or fastpath's own (read-only)."""
 
-    method: str
-    raw_path: str
-    headers: CIMultiDictProxy[str]
-    remote: str | None
-    scheme: str
-    host: str
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def host(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,9 @@ class Snapshot:
     upstream_base: str  # "http://host:port/base" without a trailing slash
     upstream_path: str  # "/base" (raw, without a trailing slash), prefixed to every request target
     upstream_host: str  # Host header value for host_header: upstream
+    # Everything an upstream pool (and the WebSocket session) is made from: a reload that changes any of it gets
+    # a new one, and requests already running finish on theirs.
+    pool_key: tuple[object, ...] = ()
 
     @classmethod
     def build(cls, config: Config) -> Snapshot:
@@ -88,6 +100,9 @@ class Snapshot:
             upstream_base=config.upstream.url.rstrip("/"),
             upstream_path=up.raw_path.rstrip("/"),
             upstream_host=host,
+            pool_key=(up.scheme, up.raw_host, up.port, config.upstream.tls_verify, config.upstream.ca_file,
+                      config.upstream.connect_timeout, config.upstream.read_timeout,
+                      config.upstream.max_connections),
         )
 
     def trusts(self, remote: str | None) -> bool:
@@ -130,11 +145,15 @@ class Exchange:
 Observer = Callable[[Exchange], None]
 
 LIVE_KEY = web.AppKey("live", Live)
-SESSION_KEY = web.AppKey("session", aiohttp.ClientSession)  # WebSockets only
-POOLS_KEY = web.AppKey("pools", dict)  # (scheme, host, port, tls settings) -> upstream.Pool
+SESSIONS_KEY = web.AppKey("sessions", dict)  # Snapshot.pool_key -> aiohttp.ClientSession, for WebSockets only
+POOLS_KEY = web.AppKey("pools", dict)  # Snapshot.pool_key -> upstream.Pool
 OBSERVERS_KEY = web.AppKey("observers", list[Observer])
 # Told when a request starts (after the decision), before its observers are told it finished.
 STARTED_KEY = web.AppKey("started", list[Observer])
+# Told the head of each response the fast path sends, as (method, target, request headers, status, reason,
+# response headers); aiohttp's path has on_response_prepare. For the demo's wire view; empty in production.
+Tap = Callable[[str, str, list[tuple[str, str]], int, str, list[tuple[str, str]]], None]
+TAPS_KEY = web.AppKey("taps", list[Tap])
 
 
 class RequestBodyError(Exception):
@@ -154,16 +173,13 @@ class BodyTooLarge(RequestBodyError):
 
 async def handle(request: web.Request) -> web.StreamResponse:
     snap = request.app[LIVE_KEY].current
+    bad: BadPath | None = None
     try:
         path = _rule_path(request.raw_path)
     except BadPath as exc:
         path, bad = resolve_dots(request.raw_path), exc
-    else:
-        bad = None
     decision = decide(snap.policy, CorsRequest.from_headers(request.method, path, request.headers))
-    ex = Exchange(request.method, request.raw_path, request.remote or "-", decision)
-    for hook in request.app.get(STARTED_KEY, ()):
-        hook(ex)
+    ex = begin(request.app, Exchange(request.method, request.raw_path, request.remote or "-", decision))
     try:
         if bad is not None:
             return _done(request, ex, _error(snap, decision, 400, f"{bad}; such paths are never forwarded"))
@@ -187,9 +203,18 @@ def _rule_path(raw_path: str) -> str:
 
 def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Response:
     ex.status = resp.status
-    sent = request.method != "HEAD" and isinstance(resp.body, bytes)  # aiohttp sends a HEAD answer's length only
-    ex.bytes_out = len(resp.body or b"") if sent else 0
+    body = resp.body
+    sent = request.method != "HEAD" and isinstance(body, bytes)  # aiohttp sends a HEAD answer's length only
+    ex.bytes_out = len(body) if sent and isinstance(body, bytes) else 0
     return resp
+
+
+def begin(app: web.Application, ex: Exchange) -> Exchange:
+    """Tell the ``started`` hooks (the in-flight gauge) about ``ex``: every exchange, on either path, begins here
+    and ends in :func:`notify`."""
+    for hook in app[STARTED_KEY]:
+        hook(ex)
+    return ex
 
 
 def notify(app: web.Application, ex: Exchange) -> None:
@@ -198,21 +223,46 @@ def notify(app: web.Application, ex: Exchange) -> None:
         observer(ex)
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response the proxy makes itself, as data: both ways through the proxy serialise it (:func:`_response`
+    here into aiohttp's, fastpath's into bytes), so they cannot drift apart."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]  # in order; Content-Length, Date and Server are the serialiser's
+    body: bytes = b""
+
+    @property
+    def reason(self) -> str:
+        return HTTPStatus(self.status).phrase
+
+
+def answer(snap: Snapshot, decision: Decision, error: tuple[int, str] | None = None) -> Answer:
+    """What the proxy answers itself: from the decision alone (preflight 204/403, a rejected origin's 403); or,
+    with ``error`` (status, message), a 400/413/502/504 carrying the CORS headers an upstream response would get."""
+    if error is None:
+        status, body = decision.status or 500, decision.body
+        headers: CIMultiDict[str] = CIMultiDict(respond_headers(decision))
+    else:
+        status, body = error[0], (error[1] + "\n").encode()
+        headers = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
+        finish(decision, headers)
+    if (debug := decision_header(snap, decision)) is not None:
+        headers[DECISION_HEADER] = debug
+    return Answer(status, tuple(headers.items()), body)
+
+
+def _response(made: Answer) -> web.Response:
+    """An :class:`Answer` as aiohttp's response (which adds Content-Length, Date and Server)."""
+    return web.Response(status=made.status, body=made.body or None, headers=CIMultiDict(made.headers))
+
+
 def _answer(snap: Snapshot, decision: Decision) -> web.Response:
-    """A response the proxy makes from the decision alone (preflight 204/403, rejected 403)."""
-    resp = web.Response(status=decision.status or 500, body=decision.body or None)
-    for name, value in respond_headers(decision):
-        resp.headers.add(name, value)
-    _debug_header(snap, decision, resp)
-    return resp
+    return _response(answer(snap, decision))
 
 
 def _error(snap: Snapshot, decision: Decision, status: int, message: str) -> web.Response:
-    """A 400/413/502/504 the proxy makes, with the CORS headers an upstream response would get."""
-    resp = web.Response(status=status, text=message + "\n")
-    finish(decision, resp.headers)
-    _debug_header(snap, decision, resp)
-    return resp
+    return _response(answer(snap, decision, (status, message)))
 
 
 def decision_header(snap: Snapshot, decision: Decision, kept: UpstreamCorsOutcome = None) -> str | None:
@@ -289,12 +339,19 @@ class _Upload:
     limit: int | None
     ex: Exchange
 
-    def ready(self) -> bytes:
-        """What of the body has arrived already (often all of it, with the head)."""
+    async def first(self, size: int) -> bytes:
+        """The body's first ``size`` bytes or all of it, read before an upstream connection is taken: a client
+        trickling a small body holds no connection of the pool meanwhile (limits.min_data_rate ends it)."""
+        content = self.request.content
         try:
-            return self._counted(self.request.content.read_nowait())
+            parts = [self._counted(content.read_nowait())]  # what came with the head (often all of it)
+            got = len(parts[0])
+            while got < size and not content.at_eof():
+                parts.append(self._counted(await content.readany()))
+                got += len(parts[-1])
         except HttpProcessingError as exc:
             raise RequestBodyError(f"malformed request body: {exc}") from exc
+        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -319,12 +376,12 @@ def _too_large(request: web.Request, limit: int | None) -> bool:
 
 
 def pool_for(app: web.Application, snap: Snapshot) -> Pool:
-    """The keep-alive pool for the snapshot's upstream (a reload to another upstream gets its own)."""
-    up = snap.config.upstream
-    key = (snap.upstream.scheme, snap.upstream.raw_host, snap.upstream.port, up.tls_verify, up.ca_file)
+    """The keep-alive pool for the snapshot's upstream and its settings (``Snapshot.pool_key``)."""
+    key = snap.pool_key
     pools = app[POOLS_KEY]
     pool = pools.get(key)
     if pool is None:
+        up = snap.config.upstream
         tls = pool_ssl(snap.config) if snap.upstream.scheme == "https" else None
         pool = pools[key] = Pool(
             snap.upstream.raw_host or "", snap.upstream.port or 80, ssl_context=tls,
@@ -332,6 +389,38 @@ def pool_for(app: web.Application, snap: Snapshot) -> Pool:
             connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
         )
     return pool
+
+
+def ws_session(app: web.Application, snap: Snapshot) -> aiohttp.ClientSession:
+    """aiohttp's client session for WebSockets, made from the same settings as the pool (``Snapshot.pool_key``)."""
+    key = snap.pool_key
+    sessions = app[SESSIONS_KEY]
+    session = sessions.get(key)
+    if session is None:
+        up = snap.config.upstream
+        session = sessions[key] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=client_ssl(snap.config),
+                                           enable_cleanup_closed=False),
+            auto_decompress=False,  # encoded bodies pass byte for byte
+            cookie_jar=aiohttp.DummyCookieJar(),  # SECURITY: never carry one client's cookies to another
+            trust_env=False,
+            read_bufsize=2**16,
+            # The handshake is bounded like any upstream request; once open, aiohttp drops the read
+            # timeout (ws_receive=None), so an idle WebSocket is not cut.
+            timeout=aiohttp.ClientTimeout(total=None, connect=up.connect_timeout, sock_connect=up.connect_timeout,
+                                          sock_read=up.read_timeout),
+        )
+    return session
+
+
+def retire_pools(app: web.Application, snap: Snapshot) -> None:
+    """After a reload: pools made for other settings keep no idle connection and reuse none (the requests still
+    running on them finish there). Their WebSocket sessions stay until the app stops: closing one would cut
+    the WebSockets open on it."""
+    key = snap.pool_key
+    pools = app[POOLS_KEY]
+    for old in [k for k in pools if k != key]:
+        pools.pop(old).retire()
 
 
 async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.StreamResponse:
@@ -343,7 +432,7 @@ async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.St
     try:
         if has_body:
             upload = _Upload(request, limit, ex)
-            ready = upload.ready()
+            ready = await upload.first(BODY_BEFORE_CONNECTING)
             body = None if request.content.at_eof() else upload.chunks()
         upstream = await pool_for(request.app, snap).request(
             request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), body,
@@ -415,6 +504,8 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
         if whole is not None:
             # All of it is here already: head and body leave in one write (aiohttp's opt-in buffering).
             resp._send_headers_immediately = False
+            if has_body:  # framed by its length, whatever the upstream's framing was (as the fast path does)
+                resp.content_length = len(whole)
             ex.bytes_out += len(whole)
             await resp.prepare(request)
             await resp.write_eof(whole)
@@ -424,26 +515,26 @@ async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: U
         # when the rest may bypass the process: it must be out before splice_rest writes.
         resp._send_headers_immediately = not upstream.has_data or may_splice(request.transport)
         await resp.prepare(request)
-        if await _stream_body(request, ex, upstream, resp):
+        if await relay_body(request, snap, ex, upstream, request.transport, resp.write):
             await resp.write_eof()
-            return resp
+        return resp  # (broken off: aiohttp's own write_eof meets a closed transport, logged at debug)
     except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
-        pass
-    _abort(request)
-    return resp  # aiohttp's own write_eof then meets a closed transport: logged at debug, no traceback
+        abort(request.transport)
+    return resp
 
 
-async def _stream_body(request: web.Request, ex: Exchange, upstream: UpstreamResponse,
-                       resp: web.StreamResponse) -> bool:
-    """Relay the upstream's body; False when it broke off (then the client connection must be aborted)."""
+async def relay_body(request: Incoming, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse,
+                     transport: asyncio.Transport | None, write: Callable[[bytes], Awaitable[None]]) -> bool:
+    """Relay the upstream's body, on either path: spliced socket to socket when it may be, else each chunk through
+    ``write`` (which waits while the client is slow). False when it broke off (the client connection is aborted)."""
     try:
-        if await splice_rest(request.transport, ex, upstream):
+        if await splice_rest(transport, ex, upstream, snap.config.limits.min_data_rate):
             return True
         while chunk := await upstream.read():
-            await resp.write(chunk)
+            await write(chunk)
             ex.bytes_out += len(chunk)
     except (UpstreamError, RequestBodyError, splice.DestinationStalled) as exc:
-        broke_off(request, ex, exc)
+        broke_off(request, ex, exc, transport)
         return False
     return True
 
@@ -453,9 +544,12 @@ def may_splice(transport: asyncio.BaseTransport | None) -> bool:
     return splice.AVAILABLE and transport is not None and transport.get_extra_info("sslcontext") is None
 
 
-async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, upstream: UpstreamResponse) -> bool:
+async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, upstream: UpstreamResponse,
+                      min_rate: float | None) -> bool:
     """Send the rest of the upstream's body to the client without it entering the process
-    (``Connection.splice_body``); False, with nothing sent, when it cannot go that way.
+    (``Connection.splice_body``); False when it cannot go that way (nothing sent), or stopped because the
+    client is slow and the rest fits guard.RESPONSE_BUFFER (the caller relays the rest; its connection's
+    buffer holds it for the client).
 
     Raises UpstreamError, splice.DestinationStalled, or ConnectionResetError when the client went away.
     """
@@ -465,13 +559,15 @@ async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, ups
         return False
     sent = [0]
     try:
-        return await upstream.splice_body(sock.fileno(), sent)
+        return await upstream.splice_body(sock.fileno(), sent, budget=RESPONSE_BUFFER, min_rate=min_rate,
+                                          grace=MIN_RATE_GRACE)
     finally:
         ex.bytes_out += sent[0]
 
 
-def broke_off(request: Incoming, ex: Exchange, exc: Exception) -> None:
-    """Log an exchange that broke off after its response began; the caller aborts the client connection."""
+def broke_off(request: Incoming, ex: Exchange, exc: Exception, transport: asyncio.Transport | None) -> None:
+    """Log an exchange that broke off after its response began, and abort the client connection."""
+    abort(transport, reset=isinstance(exc, splice.DestinationTooSlow))
     if isinstance(exc, UpstreamError):  # resets, malformed framing and the read timeout
         ex.upstream_error = "aborted"
         log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
@@ -499,12 +595,6 @@ def relay_headers(request: Incoming, snap: Snapshot, ex: Exchange, raw: list[tup
     if (debug := decision_header(snap, decision, kept)) is not None:
         headers[DECISION_HEADER] = debug
     return headers
-
-
-def _abort(request: web.Request) -> None:
-    # The status line is gone already: the only honest signal left is a broken connection.
-    if request.transport is not None:
-        request.transport.abort()
 
 
 def _rewrite_locations(snap: Snapshot, request: Incoming, headers: CIMultiDict[str]) -> None:
@@ -556,9 +646,9 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
     headers = CIMultiDict(upstream_headers(snap, request, WS_HANDSHAKE_HEADERS))
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
-        upstream = await request.app[SESSION_KEY].ws_connect(
+        upstream = await ws_session(request.app, snap).ws_connect(
             upstream_url(snap, request), headers=headers, protocols=protocols, autoping=False, autoclose=False,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=WS_CLOSE_TIMEOUT),
         )
     except aiohttp.ClientError as exc:  # a refused handshake (WSServerHandshakeError) included
         return _done(request, ex, _failed(request, snap, ex, exc))
@@ -577,7 +667,12 @@ async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebS
     tasks = [asyncio.ensure_future(_pump(client, upstream, ex, "in")),
              asyncio.ensure_future(_pump(upstream, client, ex, "out"))]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        first = done.pop()
+        if not first.cancelled() and first.exception() is None and first.result() is False and pending:
+            # Woken by the other pump's close() of its source: that pump is in the middle of the close
+            # handshake (sending one side's close on, waiting for the answer); cancelling it would cut it.
+            await asyncio.wait(pending, timeout=WS_CLOSE_TIMEOUT * 2)
     finally:
         for task in tasks:
             task.cancel()
@@ -591,13 +686,15 @@ WSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 # is passed on as 1000; 1006/1015 (connection lost) as WS_LOST: "going away" (1001) to the upstream when
 # the client vanished ("in"), "bad gateway" (1014) to the client when the upstream did ("out").
 WS_NO_CODE = 1005
+WS_CLOSE_TIMEOUT = 10.0  # seconds the upstream has to answer a close frame
 WS_UNSENDABLE = frozenset({1006, 1015})
 WS_LOST = {"in": aiohttp.WSCloseCode.GOING_AWAY, "out": aiohttp.WSCloseCode.BAD_GATEWAY}
 WS_DATA = {aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG}
 
 
-async def _pump(src: WSocket, dst: WSocket, ex: Exchange, direction: str) -> None:
-    """Relay src -> dst; when src closes, close dst with src's code and reason, then answer src's close."""
+async def _pump(src: WSocket, dst: WSocket, ex: Exchange, direction: str) -> bool:
+    """Relay src -> dst; when src closes, close dst with src's code and reason, then answer src's close with
+    dst's answer. False when this pump was only woken by the other one closing src."""
     while (msg := await src.receive()).type in WS_DATA:
         await _send(dst, msg)
         size = len(msg.data)
@@ -606,10 +703,12 @@ async def _pump(src: WSocket, dst: WSocket, ex: Exchange, direction: str) -> Non
         else:
             ex.bytes_out += size
     if msg.type == aiohttp.WSMsgType.CLOSING:
-        return  # our own close() of src woke this receive: the other pump is closing both sides
+        return False  # our own close() of src woke this receive: the other pump is closing both sides
     code, reason = _close_frame(msg, WS_LOST[direction])
     await dst.close(code=code, message=reason)
-    await src.close(code=code)
+    answer = dst.close_code  # what dst answered the close with (1006 when it did not)
+    await src.close(code=code if answer is None or answer in WS_UNSENDABLE else answer, message=reason)
+    return True
 
 
 async def _send(dst: WSocket, msg: aiohttp.WSMessage) -> None:

@@ -31,7 +31,7 @@ import signal
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,10 @@ from prometheus_client.multiprocess import mark_process_dead
 from . import logs
 from .admin import AdminState, build_admin
 from .app import build_app, reload
-from .config import Config, ConfigError
+from .config import RESTART_ONLY, Config, ConfigError
 from .decisions import DecisionLog
-from .fastpath import fast_answerer
-from .guard import GuardedRunner
+from .fastpath import FastHandler, fast_answerer
+from .guard import GuardedHandler, GuardedRunner
 from .metrics import ConfigState, Metrics, multiprocess_registry
 from .proxy import LIVE_KEY
 
@@ -59,8 +59,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_PAUSE = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
 EXIT_STARTUP = 3  # could not listen (uvicorn's STARTUP_FAILURE); a supervisor does not restart such a worker
 KILL_GRACE = 5.0  # seconds past drain_timeout the supervisor waits before killing a worker
-# Read once at startup: a change needs a restart (logged when a reload changes them).
-RESTART_ONLY = ("listen", "admin", "upstream.max_connections", "upstream.tls_verify", "upstream.ca_file")
 
 Loader = Callable[[], Config]
 
@@ -80,12 +78,14 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
     fast_preflights: the commonest requests (answered preflights, keep-alive requests whose body, if
     any, came with the head) are answered at the connection (fastpath.py), which skips aiohttp's
-    request and response objects and so ``on_response_prepare`` hooks (the demo taps those).
+    request and response objects and so ``on_response_prepare`` hooks (``proxy.TAPS_KEY`` sees those
+    answers). Off only in tests, to run them on aiohttp's path too.
     """
+    handler, kwargs = (FastHandler, {"fast_answer": fast_answerer(app)}) if fast_preflights else (GuardedHandler, {})
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
                          shutdown_timeout=config.listen.drain_timeout,
                          header_timeout=config.limits.header_timeout, body_timeout=config.limits.body_timeout,
-                         fast_answer=fast_answerer(app) if fast_preflights else None)
+                         min_data_rate=config.limits.min_data_rate, handler=handler, handler_kwargs=kwargs)
 
 
 def run(config: Config, load: Loader, *, workers: int = 1, worker_argv: list[str] | None = None) -> int:
@@ -175,8 +175,8 @@ class FilesWatch:
     """
 
     def __init__(self, paths: list[str], kept: FilesWatch | None = None) -> None:
-        old = kept.watches if kept is not None else {}
-        self.watches = {path: old.get(path) or FileWatch(path) for path in dict.fromkeys(paths)}
+        old: dict[str, FileWatch] = kept.watches if kept is not None else {}
+        self.watches: dict[str, FileWatch] = {path: old.get(path) or FileWatch(path) for path in dict.fromkeys(paths)}
 
     def changed(self) -> bool:
         return any([watch.changed() for watch in self.watches.values()])  # a list: every stamp is brought up to date
@@ -283,7 +283,8 @@ class Server:
         apply_logging(config)
         self.access.enabled = config.logging.access_log
         if self.proxy_runner is not None:
-            self.proxy_runner.set_timeouts(config.limits.header_timeout, config.limits.body_timeout)
+            limits = config.limits
+            self.proxy_runner.set_timeouts(limits.header_timeout, limits.body_timeout, limits.min_data_rate)
 
     async def start(self) -> None:
         config = self.config()
@@ -342,8 +343,10 @@ class Server:
 
     async def shutdown(self) -> None:
         self.admin.draining = True
-        log.info("stopping: no new connections; in-flight requests get up to %gs",
-                 self.config().listen.drain_timeout)
+        drain = self.config().listen.drain_timeout
+        if self.proxy_runner is not None:
+            self.proxy_runner._shutdown_timeout = drain  # the value in force now: drain_timeout reloads
+        log.info("stopping: no new connections; in-flight requests get up to %gs", drain)
         # The proxy first (stop accepting, drain), the admin last: /readyz says 503 meanwhile.
         for runner in self.runners:
             await runner.cleanup()
@@ -404,7 +407,7 @@ class Supervisor:
         poller = asyncio.ensure_future(self._poll())
         await self.stop.wait()
         poller.cancel()
-        await self._stop_workers(keepers, config.listen.drain_timeout)
+        await self._stop_workers(keepers, self.current.listen.drain_timeout)
         if admin is not None:
             await admin.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -453,7 +456,7 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(worker_socket(self.dir, pid))
 
-    async def _stop_workers(self, keepers: list[asyncio.Future[None]], drain: float) -> None:
+    async def _stop_workers(self, keepers: Sequence[asyncio.Future[None]], drain: float) -> None:
         self.stopping = True
         self.admin.draining = True
         log.info("stopping %d worker(s): in-flight requests get up to %gs", len(self._live()), drain)

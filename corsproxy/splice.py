@@ -78,24 +78,44 @@ class Pipe:
         os.close(self.write_end)
 
 
+TICK = 1.0  # seconds between looks at the destination's rate while waiting on it
+PATIENCE = 0.25  # seconds the destination may take nothing before a body that fits ``budget`` stops splicing
+
+
+class DestinationTooSlow(DestinationStalled):
+    """The destination took fewer than ``min_rate`` bytes a second over ``grace`` seconds of waiting on it."""
+
+    def __init__(self, taken: int, waited: float, min_rate: float) -> None:
+        Exception.__init__(self, f"the client took {taken} bytes in {waited:.0f}s, under limits.min_data_rate "
+                                 f"({min_rate:g} bytes/s)")
+
+
 async def move(src_fd: int, dst_fd: int, count: int, pipe: Pipe, timeout: float, sent: list[int],
-               first: list[bytes]) -> None:
+               first: list[bytes], *, budget: int = 0, min_rate: float | None = None,
+               grace: float = 5.0) -> tuple[list[bytes], int] | None:
     """Write the bytes in ``first`` to socket ``dst_fd``, then splice exactly ``count`` bytes to it from
     socket ``src_fd``, waiting at most ``timeout`` seconds at a time for either side.
 
-    ``sent[0]`` counts the bytes delivered as they go. Raises :class:`SourceClosed`,
-    :class:`SourceStalled`, :class:`DestinationStalled`, or ``ConnectionResetError`` (or another
-    ``OSError``) when the destination went away; ``pipe.held`` may then be non-zero.
+    ``sent[0]`` counts the bytes delivered as they go. Returns None when all went. When the destination took
+    nothing for PATIENCE seconds and what is left fits ``budget`` bytes, stops instead and returns the bytes
+    already taken from the source (``first``'s rest, the pipe's content: the caller sends them first) and how
+    many are still on the source socket. Over each ``grace`` seconds spent waiting on the destination, it must
+    take ``min_rate`` bytes a second, else :class:`DestinationTooSlow`.
+    Raises :class:`SourceClosed`, :class:`SourceStalled`, :class:`DestinationStalled`, or
+    ``ConnectionResetError`` (or another ``OSError``) when the destination went away; ``pipe.held`` may then
+    be non-zero.
     """
     loop = asyncio.get_running_loop()
     src, dst = os.dup(src_fd), os.dup(dst_fd)  # see the module docstring
+    clock = _Clock(loop, sent, min_rate, grace)
     try:
-        for data in first:
+        for i, data in enumerate(first):
             view = memoryview(data)
             while view:
                 n = _nonblocking(os.write, dst, view)
                 if n is None:
-                    await _ready(loop, dst, writable=True, timeout=timeout)
+                    if not await clock.wait(dst, timeout, budget >= len(view) + count):
+                        return [bytes(view), *first[i + 1:]], count
                     continue
                 view = view[n:]
                 sent[0] += n
@@ -113,11 +133,72 @@ async def move(src_fd: int, dst_fd: int, count: int, pipe: Pipe, timeout: float,
                 pipe.held -= out
                 count -= out
                 sent[0] += out
-            elif not got:  # nothing moved: wait for the side that holds us up
-                await _ready(loop, dst if pipe.held else src, writable=bool(pipe.held), timeout=timeout)
+            elif not got and pipe.held:  # the destination holds us up
+                if not await clock.wait(dst, timeout, budget >= count):
+                    on_socket = count - pipe.held
+                    return [_empty(pipe)], on_socket
+            elif not got:
+                await _ready(loop, src, writable=False, timeout=timeout)
     finally:
         os.close(src)
         os.close(dst)
+    return None
+
+
+class _Clock:
+    """Time spent waiting on the destination, against what it took (``sent``) since the first wait."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sent: list[int], min_rate: float | None,
+                 grace: float) -> None:
+        self.loop, self.sent, self.min_rate, self.grace = loop, sent, min_rate, grace
+        self.waited = 0.0  # seconds waited on the destination in all
+        self.window = 0.0  # ``waited`` when the current window began
+        self.mark: int | None = None  # sent[0] then
+
+    async def wait(self, dst: int, timeout: float, may_stop: bool) -> bool:
+        """Wait until ``dst`` is writable (True); False when it is not within PATIENCE and ``may_stop``.
+
+        Raises DestinationStalled after ``timeout`` seconds, DestinationTooSlow as the class says."""
+        if self.mark is None:
+            self.mark = self.sent[0]
+        began = self.loop.time()
+        while True:
+            start = self.loop.time()
+            left = timeout - (start - began)
+            try:
+                await _ready(self.loop, dst, writable=True, timeout=min(PATIENCE if may_stop else TICK, left))
+                ready = True
+            except DestinationStalled:
+                ready = False
+            now = self.loop.time()
+            self.waited += now - start
+            self._check()
+            if ready:
+                return True
+            if may_stop:
+                return False
+            if now - began >= timeout:
+                raise DestinationStalled(timeout)
+
+
+    def _check(self) -> None:
+        """Over each ``grace`` seconds of waiting, the destination must take ``min_rate`` bytes a second."""
+        span, taken = self.waited - self.window, self.sent[0] - (self.mark or 0)
+        if self.min_rate is None or span < self.grace:
+            return
+        if taken < self.min_rate * span:
+            raise DestinationTooSlow(taken, span, self.min_rate)
+        self.window, self.mark = self.waited, self.sent[0]
+
+
+def _empty(pipe: Pipe) -> bytes:
+    """Read what the pipe holds back into the process."""
+    parts = []
+    while pipe.held:
+        data = os.read(pipe.read_end, pipe.held)
+        pipe.held -= len(data)
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _nonblocking(call: Callable[..., int], *args: Any, **kwargs: Any) -> int | None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import socket
 import ssl
 from collections.abc import AsyncIterable
+from typing import Any
 
 import httptools
 
@@ -45,6 +47,25 @@ class UpstreamError(Exception):
         return 504 if self.kind == "timeout" else 502
 
 
+class State(enum.Enum):
+    """Where the exchange on a connection is (as httpcore's HTTP11Connection tracks it).
+
+    IDLE -> HEAD (``start``: the request goes out, its answer's head is awaited) -> BODY (the final head is in)
+    -> DONE (the whole response is read), or FAILED from HEAD or BODY (``error`` says why); DONE or IDLE again at
+    the next ``start``. Whether the socket is still open is apart from this (``closed``): a DONE exchange's
+    connection goes back to its pool only when it is open and the response allowed keep-alive.
+    """
+
+    IDLE = "idle"
+    HEAD = "head"
+    BODY = "body"
+    DONE = "done"
+    FAILED = "failed"
+
+
+IDLE, HEAD, BODY, DONE, FAILED = State  # (a module global is read faster than an Enum's member)
+
+
 class Connection(asyncio.BufferedProtocol):
     """One keep-alive connection; carries one request at a time.
 
@@ -67,11 +88,11 @@ class Connection(asyncio.BufferedProtocol):
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._received = 0
-        self._complete = False
+        self.state = IDLE
+        self.error: BaseException | None = None  # why the exchange FAILED
         self._interim = False  # inside a 1xx response
         self._extra = False  # bytes came after the response: never reuse this connection
         self._ended_early = False  # we ended the message at its head (HEAD, 204, 304); llhttp may end it again
-        self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
@@ -86,6 +107,7 @@ class Connection(asyncio.BufferedProtocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._pipe: splice.Pipe | None = None  # made by the first splice_body, closed with the connection
         self._splicing = False
+        self._unparsed = 0  # bytes of a body still to come after splice_body stopped part way
 
     # -- asyncio.Protocol
 
@@ -100,6 +122,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes | memoryview) -> None:
         self._last_data = self.loop.time()
+        if self._unparsed:  # the rest of a Content-Length body splice_body began: counted, past the parser
+            n = min(len(data), self._unparsed)
+            self._unparsed -= n
+            self.on_body(bytes(data[:n]))
+            if not self._unparsed:
+                self.on_message_complete()
+            data = data[n:]
+            if not data:
+                return
         if self._parser is None:  # bytes nobody asked for: the connection cannot be trusted
             self.keep_alive = False
             self.close()
@@ -120,7 +151,7 @@ class Connection(asyncio.BufferedProtocol):
         self._close_pipe()
         if self._until_close and exc is None and self._head is not None and self._head.done():
             self.on_message_complete()  # RFC 9112 §6.3 rule 8: the body was everything up to the close
-        elif not self._complete and self._head is not None:
+        elif self.state in (HEAD, BODY):
             self._fail(UpstreamError("reset", "the upstream closed the connection" + (f": {exc}" if exc else "")))
         self._wake_drain()
 
@@ -166,6 +197,7 @@ class Connection(asyncio.BufferedProtocol):
         if (problem := _ambiguous_framing(self._headers)) is not None:
             raise httptools.HttpParserError(problem)
         self._status = status
+        self.state = BODY
         self.keep_alive = self._parser.should_keep_alive()
         self._until_close = not self.keep_alive and not any(
             name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
@@ -192,19 +224,19 @@ class Connection(asyncio.BufferedProtocol):
         if self._interim:
             self._interim = False
             return
-        if self._complete:
+        if self.state is DONE:
             if not self._ended_early:
                 self._expecting()
             self._ended_early = False  # llhttp's own end of the HEAD/204/304 message we ended at its head
             return
-        self._complete = True
+        self.state = DONE
         self._parser = None  # what comes after this message is not ours (_expecting, data_received)
         self._cancel_timer()
         self._wake()
 
     def _expecting(self) -> None:
         """Raise when the response has ended already: what llhttp is parsing now is not ours to pass on."""
-        if self._complete:
+        if self.state is DONE:
             self._extra = True
             raise httptools.HttpParserError("bytes after the end of the response")
 
@@ -217,11 +249,12 @@ class Connection(asyncio.BufferedProtocol):
         self._head_bytes = 0
         self._body.clear()
         self._buffered = self._received = 0
-        self._complete = self._interim = self._extra = self._ended_early = False
-        self._exc = None
+        self.state, self.error = HEAD, None
+        self._interim = self._extra = self._ended_early = False
         self._head_only = head_only
         self._may_splice = may_splice
         self._splice_length = None
+        self._unparsed = 0
         self._until_close = False
         self._head = self.loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
@@ -236,9 +269,10 @@ class Connection(asyncio.BufferedProtocol):
     async def read(self) -> bytes:
         """The next body chunk; ``b""`` once the body is complete."""
         while not self._body:
-            if self._exc is not None:
-                raise self._exc
-            if self._complete:
+            if self.state is FAILED:
+                assert self.error is not None
+                raise self.error
+            if self.state is DONE:
                 return b""
             self._resume()  # paused at the head (``start(may_splice=True)``) with nothing buffered
             self._waiter = self.loop.create_future()
@@ -254,24 +288,27 @@ class Connection(asyncio.BufferedProtocol):
 
     def whole_body(self) -> bytes | None:
         """The entire body when it has already arrived (typical for small responses), else None."""
-        if not self._complete or self._exc is not None:
+        if self.state is not DONE:
             return None
         data = b"".join(self._body)
         self._body.clear()
         self._buffered = 0
         return data
 
-    async def splice_body(self, dst_fd: int, sent: list[int]) -> bool:
+    async def splice_body(self, dst_fd: int, sent: list[int], *, budget: int = 0, min_rate: float | None = None,
+                          grace: float = 5.0) -> bool:
         """Send the rest of the body to socket ``dst_fd`` with :func:`splice.move`: it never enters the process.
 
         Only after ``start(may_splice=True)``, for a body framed by ``Content-Length`` alone with at least
         ``READ_SIZE`` still to come, over plain TCP; else False, and nothing was sent. ``sent[0]`` counts
-        what was. Raises UpstreamError as :meth:`read` does, and what :func:`splice.move` raises for the
-        destination.
+        what was. Also False when the destination stalls and the rest fits ``budget``: :meth:`read` then
+        returns the rest (so the exchange can complete, and this connection go back to its pool, while the
+        destination catches up). ``min_rate``/``grace``: see :func:`splice.move`. Raises UpstreamError as
+        :meth:`read` does, and what :func:`splice.move` raises for the destination.
         """
         transport = self.transport
         length = self._splice_length
-        if (length is None or length - self._received < READ_SIZE or self._complete or self._exc is not None
+        if (length is None or length - self._received < READ_SIZE or self.state is not BODY
                 or transport is None or transport.get_extra_info("sslcontext") is not None
                 or (sock := transport.get_extra_info("socket")) is None):
             return False
@@ -284,12 +321,12 @@ class Connection(asyncio.BufferedProtocol):
             self._pipe = splice.Pipe()
         self._splicing = True
         try:
-            await splice.move(sock.fileno(), dst_fd, length - self._received, self._pipe, self.read_timeout,
-                              sent, first)
+            rest = await splice.move(sock.fileno(), dst_fd, length - self._received, self._pipe, self.read_timeout,
+                                     sent, first, budget=budget, min_rate=min_rate, grace=grace)
         except splice.SourceClosed as exc:
-            raise self._failed(UpstreamError("reset", f"the upstream closed the connection: {exc}")) from None
+            raise self.fail(UpstreamError("reset", f"the upstream closed the connection: {exc}")) from None
         except splice.SourceStalled:
-            raise self._failed(UpstreamError("timeout", f"no byte from the upstream for {self.read_timeout:g}s")) \
+            raise self.fail(UpstreamError("timeout", f"no byte from the upstream for {self.read_timeout:g}s")) \
                 from None
         except BaseException as exc:  # the destination failed, or a cancel
             self.fail(exc)
@@ -298,6 +335,19 @@ class Connection(asyncio.BufferedProtocol):
             self._splicing = False
             if self.closed:
                 self._close_pipe()
+        if rest is not None:  # the destination is slow: the rest goes through the process after all
+            chunks, self._unparsed = rest
+            for chunk in chunks:
+                if chunk:
+                    self._body.append(chunk)
+                    self._buffered += len(chunk)
+            if not self._unparsed:
+                self.on_message_complete()
+            else:
+                self._last_data = self.loop.time()
+                self._timer = self.loop.call_at(self._last_data + self.read_timeout, self._check_timeout)
+            self._resume()
+            return False
         self.on_message_complete()
         self._resume()  # an idle pooled connection must notice the upstream closing it
         return True
@@ -306,10 +356,6 @@ class Connection(asyncio.BufferedProtocol):
         """The body's ``Content-Length`` when that alone frames it; anything odd stays with llhttp's rules."""
         values = [value for name, value in self._headers if name.lower() in ("content-length", "transfer-encoding")]
         return int(values[0]) if len(values) == 1 and values[0].isascii() and values[0].isdigit() else None
-
-    def _failed(self, exc: UpstreamError) -> UpstreamError:
-        self.fail(exc)
-        return exc
 
     def _close_pipe(self) -> None:
         if self._pipe is not None and not self._splicing:  # (while splicing, splice_body closes it after)
@@ -328,7 +374,7 @@ class Connection(asyncio.BufferedProtocol):
 
     @property
     def reusable(self) -> bool:
-        return self._complete and self.keep_alive and not self.closed and self._exc is None and not self._extra
+        return self.state is DONE and self.keep_alive and not self.closed and not self._extra
 
     def write(self, *parts: bytes) -> None:
         """Send ``parts`` (one vectored write with uvloop: nothing is copied to join them)."""
@@ -349,16 +395,18 @@ class Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def fail(self, exc: BaseException) -> None:
-        """Abandon the exchange (body iterator failed, client went away): never reused."""
+    def fail(self, exc: BaseException) -> BaseException:
+        """Abandon the exchange (body iterator failed, client went away) and close: never reused. Returns ``exc``."""
         self._fail(exc)
         self.close()
+        return exc
 
     # -- internals
 
     def _fail(self, exc: BaseException) -> None:
-        if self._exc is None and not self._complete:
-            self._exc = exc
+        """The exchange FAILED with ``exc`` (unless it was DONE already): its reader is woken to raise it."""
+        if self.state in (HEAD, BODY):
+            self.state, self.error = FAILED, exc
         self.keep_alive = False
         if self._head is not None and not self._head.done():
             self._head.set_exception(exc)
@@ -404,6 +452,7 @@ class Pool:
         self._count = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._read_buffer = memoryview(bytearray(READ_SIZE))  # shared by its connections (see Connection)
+        self.retired = False
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]],
                       body: AsyncIterable[bytes] | None, *, length: int | None, chunked: bool = False,
@@ -452,6 +501,14 @@ class Pool:
     async def close(self) -> None:
         for conn in self._idle:
             conn.close()
+        self._idle.clear()
+
+    def retire(self) -> None:
+        """Replaced (a reload changed the settings): close the idle connections, and each busy one when released."""
+        self.retired = True
+        for conn in self._idle:
+            conn.close()
+            self._count -= 1
         self._idle.clear()
 
     async def _acquire(self) -> tuple[Connection, bool]:
@@ -506,7 +563,7 @@ class Pool:
         return conn
 
     def _put_back(self, conn: Connection) -> None:
-        if conn.reusable:
+        if conn.reusable and not self.retired:
             self._idle.append(conn)
         else:
             self._discard(conn, close=True)
@@ -552,12 +609,12 @@ class UpstreamResponse:
     def whole_body(self) -> bytes | None:
         return self.conn.whole_body()
 
-    async def splice_body(self, dst_fd: int, sent: list[int]) -> bool:
+    async def splice_body(self, dst_fd: int, sent: list[int], **kwargs: Any) -> bool:
         """:meth:`Connection.splice_body`, unless a request body is still being sent (its failure must reach
         :meth:`read`)."""
         if self._writer is not None and not self._writer.done():
             return False
-        return await self.conn.splice_body(dst_fd, sent)
+        return await self.conn.splice_body(dst_fd, sent, **kwargs)
 
     @property
     def has_data(self) -> bool:

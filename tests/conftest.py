@@ -6,17 +6,20 @@ import asyncio
 import gzip
 import hashlib
 import json
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+import trustme
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
 from corsproxy import config as cfg
-from corsproxy.app import build_app
+from corsproxy.app import build_app, reload
 from corsproxy.proxy import Exchange
 from corsproxy.server import make_runner, server_ssl
 
@@ -97,10 +100,11 @@ async def sse(request: web.Request) -> web.StreamResponse:
 
 
 async def big(request: web.Request) -> web.StreamResponse:
-    """GET /big?mib=N: N MiB of a repeating pattern, streamed in 64 KiB chunks."""
+    """GET /big?mib=N: N MiB of a repeating pattern, streamed in 64 KiB chunks (chunked with ?chunked)."""
     mib = int(request.query.get("mib", "2"))
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    resp.content_length = mib * 2**20
+    if "chunked" not in request.query:
+        resp.content_length = mib * 2**20
     await resp.prepare(request)
     chunk = bytes(range(256)) * 256
     for _ in range(mib * 16):
@@ -217,6 +221,20 @@ async def ws_close(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
+async def ws_mirror(request: web.Request) -> web.WebSocketResponse:
+    """WebSocket that answers a close with the code and reason it got; ?code=N&reason=R: closes first with them."""
+    sock = web.WebSocketResponse(autoclose=False)
+    await sock.prepare(request)
+    if "code" in request.query:
+        await sock.close(code=int(request.query["code"]), message=request.query.get("reason", "").encode())
+        return sock
+    msg = await sock.receive()
+    if msg.type == WSMsgType.CLOSE:
+        request.app[UPSTREAM_KEY].note(f"ws-got:{msg.data}:{msg.extra}")
+        await sock.close(code=msg.data, message=(msg.extra or "").encode())
+    return sock
+
+
 async def ws_proto(request: web.Request) -> web.WebSocketResponse:
     """WebSocket that speaks the "v2.chat" subprotocol only, and says which one was chosen."""
     sock = web.WebSocketResponse(protocols=("v2.chat",))
@@ -265,6 +283,7 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "v1/wsclose": ws_close,
     "v1/wsdie": ws_die,
     "v1/wsproto": ws_proto,
+    "v1/wsmirror": ws_mirror,
     "v1/ws": ws,
     "v1/hang": hang,
     "v1/early": early,
@@ -279,6 +298,34 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
 async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
     up = Upstream()
     up.server = await aiohttp_server(up.app, host="127.0.0.1")
+    return up
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def pem_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+    """cert/key for 127.0.0.1 and the CA file, written where a config can name them."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {"cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem", "ca": tmp_path / "ca.pem"}
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    for blob in cert.cert_chain_pems[1:]:
+        blob.write_to_path(str(paths["cert"]), append=True)
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.fixture
+async def tls_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]], pem_files: dict[str, str]) -> Upstream:
+    """The upstream over HTTPS, with a certificate from ``ca``."""
+    up = Upstream()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem_files["cert"], pem_files["key"])
+    up.server = await aiohttp_server(up.app, host="127.0.0.1", ssl=ctx)
     return up
 
 
@@ -307,9 +354,16 @@ BASE_RULES = "\nrules:" + APP_RULE + """
 class Proxy:
     """The proxy under test, its client and what it observed."""
 
-    def __init__(self, client: TestClient, exchanges: list[Exchange]) -> None:
+    def __init__(self, client: TestClient, exchanges: list[Exchange], text: str = "") -> None:
         self.client = client
         self.exchanges = exchanges
+        self.text = text  # the config it runs
+
+    def reload(self, text: str) -> None:
+        """Reload ``text`` as ``corsproxy serve`` does on SIGHUP (app.reload)."""
+        assert self.client.server.app is not None
+        reload(self.client.server.app, cfg.parse(text, "test.yaml", env={}))
+        self.text = text
 
     @property
     def url(self) -> str:
@@ -322,22 +376,38 @@ MakeProxy = Callable[..., Awaitable[Proxy]]
 class ProxyTestServer(TestServer):
     """A TestServer on the runner ``corsproxy serve`` uses (server.make_runner), not a plain AppRunner."""
 
-    def __init__(self, app: web.Application, config: cfg.Config, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, config: cfg.Config, *, fast: bool = True, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.config = config
+        self.fast = fast
 
     async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
-        return make_runner(self.app, self.config)
+        return make_runner(self.app, self.config, fast_preflights=self.fast)
+
+
+PROXY_PATHS = ["fast-path", "aiohttp-path"]
+
+
+@pytest.fixture(params=PROXY_PATHS)
+def proxy_path(request: pytest.FixtureRequest) -> str:
+    """The way through the proxy every make_proxy test runs on, each test once per way (as uvicorn runs its
+    protocol tests on both implementations): the connection-level fast path (on in production, fastpath.py)
+    and aiohttp's request path (the same server with it off). A module about one of them parametrises this
+    with ``indirect=True``."""
+    return str(request.param)
 
 
 @pytest.fixture
 def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
-               aiohttp_server: Callable[..., Awaitable[TestServer]], upstream: Upstream) -> MakeProxy:
-    """make_proxy(rules_yaml=BASE_RULES, upstream_url=None, extra="") -> Proxy on 127.0.0.1."""
+               aiohttp_server: Callable[..., Awaitable[TestServer]], upstream: Upstream,
+               proxy_path: str) -> MakeProxy:
+    """make_proxy(rules_yaml=BASE_RULES, upstream_url=None, extra="") -> Proxy on 127.0.0.1, on ``proxy_path``."""
 
     async def make(rules_yaml: str = BASE_RULES, *, upstream_url: str | None = None, extra: str = "",
                    upstream_extra: str = "", server_kwargs: dict | None = None,
-                   client_kwargs: dict | None = None) -> Proxy:
+                   client_kwargs: dict | None = None, fast: bool | None = None) -> Proxy:
+        if fast is None:
+            fast = proxy_path == "fast-path"
         text = (f"upstream:\n  url: {upstream_url or upstream.url + '/v1'}\n{upstream_extra}"
                 f"admin: null\n{extra}\n{rules_yaml}")
         config = cfg.parse(text, "test.yaml", env={})
@@ -347,10 +417,10 @@ def make_proxy(aiohttp_client: Callable[..., Awaitable[TestClient]],
         if config.listen.tls is not None:  # listen.tls served as server.py serves it
             server_kwargs.setdefault("ssl", server_ssl(config))
         # Served on server.py's own runner (the guard, the connection-level preflight answers).
-        server = ProxyTestServer(app, config, host="127.0.0.1")
+        server = ProxyTestServer(app, config, fast=fast, host="127.0.0.1")
         await server.start_server(**server_kwargs)
         client = await aiohttp_client(server, auto_decompress=False, **(client_kwargs or {}))
-        return Proxy(client, exchanges)
+        return Proxy(client, exchanges, text)
 
     return make
 

@@ -84,6 +84,10 @@ BROKEN = [
                  "  - allow_origins: ['*']\n",
                  ["FILE:3:3: limits.header_timeout: expected a number of seconds >= 0.1, got 0"],
                  id="zero-header-timeout"),
+    pytest.param("upstream: {url: 'http://127.0.0.1:9000'}\nlimits:\n  min_data_rate: fast\nrules:\n"
+                 "  - allow_origins: ['*']\n",
+                 ["FILE:3:3: limits.min_data_rate: expected bytes per second >= 1 (e.g. 240), or null for no "
+                  "minimum, got 'fast'"], id="bad-min-data-rate"),
     pytest.param(HEAD + "  - allow_origins:\n      - https://a.example\n      - null\n",
                  ["FILE:5:9: rules[0].allow_origins[1]: expected an origin string or {regex: '...'}, got None (an "
                   "unquoted null is YAML's empty value: write 'null' in quotes)"], id="unquoted-null-origin"),
@@ -417,7 +421,8 @@ def test_describe_is_json_with_the_effective_rules(tmp_path: Path) -> None:
     assert described["listen"]["trusted_proxies"] == ["10.0.0.0/8"]
     assert described["upstream"]["url"] == "http://127.0.0.1:9000"
     assert described["admin"] == {"host": "127.0.0.1", "port": 9901}
-    assert described["limits"] == {"max_body_size": 10 * 1024**2, "header_timeout": 20.0, "body_timeout": 30.0}
+    assert described["limits"] == {"max_body_size": 10 * 1024**2, "header_timeout": 20.0, "body_timeout": 30.0,
+                                   "min_data_rate": 240.0}
     assert described["rules"] == [{
         "name": "app", "paths": ["/api/**"], "allow_origins": ["https://a.example", {"regex": "https://b\\.example"}],
         "allow_methods": ["GET", "HEAD", "POST"], "allow_headers": ["*"], "expose_headers": [],

@@ -17,6 +17,13 @@ from yarl import URL
 from tests.conftest import MakeProxy, Proxy, Upstream
 
 ORIGIN = "https://app.example.com"
+
+
+@pytest.fixture
+def proxy_path() -> str:
+    """The connection-level path itself: these tests look at what it answers and what it leaves to aiohttp."""
+    return "fast-path"
+
 PREFLIGHT = (b"OPTIONS /api/x HTTP/1.1\r\nHost: p\r\nOrigin: https://app.example.com\r\n"
              b"Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: content-type\r\n\r\n")
 DENIED = (b"OPTIONS /api/x HTTP/1.1\r\nHost: p\r\nOrigin: https://evil.example.net\r\n"

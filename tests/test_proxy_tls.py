@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
-from aiohttp.test_utils import TestServer
 
 from corsproxy.testing import free_port, serve_process
 from tests.conftest import MakeProxy, Upstream, echoed
@@ -21,33 +18,6 @@ rules:
     allow_origins: [https://app.example.com]
 """
 APP = {"Origin": "https://app.example.com"}
-
-
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def pem_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
-    """cert/key for 127.0.0.1 and the CA file, written where a config can name them."""
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {"cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem", "ca": tmp_path / "ca.pem"}
-    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    for blob in cert.cert_chain_pems[1:]:
-        blob.write_to_path(str(paths["cert"]), append=True)
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    return {name: str(path) for name, path in paths.items()}
-
-
-@pytest.fixture
-async def tls_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]], pem_files: dict[str, str]) -> Upstream:
-    up = Upstream()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pem_files["cert"], pem_files["key"])
-    up.server = await aiohttp_server(up.app, host="127.0.0.1", ssl=ctx)
-    return up
 
 
 def trusting(pem_files: dict[str, str]) -> dict:

@@ -14,7 +14,7 @@ from tests.conftest import MakeProxy, Upstream
 RULES = """
 rules:
   - name: app
-    paths: ["/ws/**", "/wsclose", "/wsdie"]
+    paths: ["/ws/**", "/wsclose", "/wsmirror", "/wsdie"]
     allow_origins: [https://app.example.com]
 """
 APP = {"Origin": "https://app.example.com"}
@@ -65,7 +65,31 @@ async def test_upstream_close_code_and_reason_reach_the_client(make_proxy: MakeP
         msg = await sock.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE
         assert (msg.data, msg.extra) == (4001, "bye")
-    assert await upstream.wait_event() == "ws-closed:4001"
+    # The page's answer to the close, passed back as it was: aiohttp's client answers any close with 1000.
+    assert await upstream.wait_event() == "ws-closed:1000"
+
+
+CLOSE_CODES = pytest.mark.parametrize(("code", "reason"), [(1000, "done"), (1001, "page left"), (3000, "app"),
+                                                            (4001, "custom")], ids=["1000", "1001", "3000", "4001"])
+
+
+@CLOSE_CODES
+async def test_a_close_the_page_starts_reaches_the_upstream_and_its_answer_comes_back_unchanged(
+        make_proxy: MakeProxy, upstream: Upstream, code: int, reason: str) -> None:
+    proxy = await make_proxy(RULES)
+    sock = await proxy.client.ws_connect("/wsmirror", headers=APP)
+    await sock.close(code=code, message=reason.encode())
+    assert await upstream.wait_event() == f"ws-got:{code}:{reason}"
+    assert sock.close_code == code  # the upstream's answer to the close handshake, as it sent it
+
+
+@CLOSE_CODES
+async def test_a_close_the_upstream_starts_reaches_the_page_unchanged(
+        make_proxy: MakeProxy, upstream: Upstream, code: int, reason: str) -> None:
+    proxy = await make_proxy(RULES)
+    async with proxy.client.ws_connect(f"/wsmirror?code={code}&reason={reason}", headers=APP) as sock:
+        msg = await sock.receive(timeout=5)
+        assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, code, reason)
 
 
 async def test_client_close_code_reaches_the_upstream(make_proxy: MakeProxy, upstream: Upstream) -> None:

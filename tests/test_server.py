@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,81 +24,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from corsproxy.logs import ACCESS_FIELDS
+from corsproxy.testing import ServeProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "https://app.example.com"
 LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"  # corsproxy[speed] or not
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Proc:
-    """One `corsproxy serve` process; its stdout+stderr collected line by line by a thread."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CORSPROXY_", "PROMETHEUS_"))}
-        self.popen = subprocess.Popen([sys.executable, "-m", "corsproxy", "serve", *args], cwd=cwd, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      start_new_session=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def records(self) -> list[dict]:
-        """The JSON log lines so far (every line is one with logging.format: json)."""
-        return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
-
-    def access(self) -> list[dict]:
-        return [r for r in self.records() if r["logger"] == "corsproxy.access"]
-
-    async def wait_line(self, pred: Callable[[str], bool], timeout: float = 10.0, start: int = 0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines[start:]:
-                if pred(line):
-                    return line
-            if self.popen.poll() is not None and not self._reader.is_alive():
-                break
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no matching log line within {timeout}s; output:\n" + "\n".join(self.lines[-40:]))
-
-    async def wait_exit(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.popen.poll() is None:
-            assert time.monotonic() < deadline, "process did not exit in time:\n" + "\n".join(self.lines[-30:])
-            await asyncio.sleep(0.05)
-        return self.popen.returncode
-
-    def kill_group(self) -> None:
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait(5)
-        self._reader.join(5)
-        assert self.popen.stdout is not None
-        self.popen.stdout.close()
-
-
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    procs: list[Proc] = []
+def spawn(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    procs: list[ServeProcess] = []
 
-    def start(*args: str) -> Proc:
-        proc = Proc(list(args), tmp_path)
+    def start(*args: str) -> ServeProcess:
+        proc = ServeProcess(list(args), tmp_path)
         procs.append(proc)
         return proc
 
@@ -503,9 +440,7 @@ async def test_a_port_flag_meeting_the_admin_port_is_said_before_anything_binds(
 
 
 async def test_an_upstream_that_refuses_connections_is_one_warning_at_start_and_serving_goes_on(spawn, tmp_path):
-    from corsproxy.testing import free_port as closed
-
-    gone = closed()
+    gone = free_port()
     setup = Setup(tmp_path / "config.yaml", f"http://127.0.0.1:{gone}")
     setup.write(rule("app"))
     proc = spawn("-c", str(setup.path))
@@ -536,7 +471,7 @@ async def test_admin_null_runs_the_proxy_without_an_admin_listener(spawn, tmp_pa
 
 
 def test_serve_process_yields_a_listening_proxy_and_reports_one_that_cannot_start(tmp_path, upstream):
-    from corsproxy.testing import free_port, serve_process
+    from corsproxy.testing import serve_process
 
     port = free_port()
     config = (f"listen: {{port: {port}}}\nupstream: {{url: '{upstream.url}/v1'}}\nadmin: null\n"

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from aiohttp import web
 
-from corsproxy.upstream import Pool, UpstreamError
+from corsproxy.upstream import Pool, State, UpstreamError
 
 
 async def _app_server(aiohttp_server):
@@ -144,6 +144,175 @@ async def test_a_response_head_over_the_cap_is_a_protocol_error():
         await pool.request("GET", "/", [("Host", "x")], None, length=None)
     assert big.value.kind == "protocol" and "over 65536 bytes" in str(big.value)
     assert pool._count == 0
+    await pool.close()
+    server.close()
+    await server.wait_closed()
+
+
+class _Raw:
+    """A raw TCP upstream on 127.0.0.1; ``close`` waits (bounded) for its connection handlers to end."""
+
+    def __init__(self, server: asyncio.Server, tasks: list[asyncio.Task]) -> None:
+        self.server, self.tasks = server, tasks
+
+    def close(self) -> None:
+        self.server.close()
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=2)
+
+
+async def _raw_upstream(handle) -> tuple[_Raw, int]:
+    tasks: list[asyncio.Task] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        try:
+            await handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    return _Raw(server, tasks), server.sockets[0].getsockname()[1]
+
+
+async def test_an_upload_waits_for_an_upstream_slow_to_read_it_instead_of_buffering_it():
+    """Back-pressure: the body is pulled from its iterator only as fast as the upstream's socket takes it."""
+    reading = asyncio.Event()
+    got = hashlib.sha256()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        left = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reading.wait()
+        while left:
+            chunk = await reader.read(min(left, 2**16))
+            got.update(chunk)
+            left -= len(chunk)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server, port = await _raw_upstream(handle)
+    pulled, chunk, total = [0], bytes(range(256)) * 256, 64 * 2**20
+
+    async def body():
+        for _ in range(total // len(chunk)):
+            pulled[0] += len(chunk)
+            yield chunk
+
+    pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None, limit=1, connect_timeout=2, read_timeout=10)
+    request = asyncio.ensure_future(pool.request("POST", "/", [("Host", "x")], body(), length=total))
+    await asyncio.sleep(1.0)  # the upstream reads nothing meanwhile
+    assert pulled[0] < 24 * 2**20  # socket buffers' worth (a few MiB on loopback), not the 64 MiB
+    reading.set()
+    resp = await asyncio.wait_for(request, 20)
+    assert await _body(resp) == b"ok"
+    assert got.digest() == hashlib.sha256(chunk * (total // len(chunk))).digest()
+    await pool.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_100_continue_before_the_answer_is_skipped_and_the_connection_kept():
+    connections = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server, port = await _raw_upstream(handle)
+    pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None, limit=1, connect_timeout=2, read_timeout=5)
+    for _ in range(2):
+        resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)
+        assert (resp.status, await _body(resp)) == (200, b"ok")
+    assert len(connections) == 1
+    await pool.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_request_waiting_for_a_free_connection_gets_the_one_released(aiohttp_server):
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server, limit=1, connect_timeout=3.0)
+    first = await pool.request("GET", "/slow", [("Host", "up")], None, length=None)
+    waiting = asyncio.ensure_future(pool.request("GET", "/a", [("Host", "up")], None, length=None))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and len(pool._waiters) == 1
+    conn = first.conn
+    assert await _body(first) == b"late"  # (releases it)
+    second = await asyncio.wait_for(waiting, 1.0)
+    assert second.conn is conn and pool._count == 1
+    assert b'"path": "/a"' in await _body(second)
+    await pool.close()
+
+
+async def test_a_pooled_connection_the_upstream_closed_unanswered_is_retried_once_on_a_new_one():
+    seen = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # kept alive...
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()  # ...until the next request, which it drops unanswered
+
+    server, port = await _raw_upstream(handle)
+    pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None, limit=1, connect_timeout=2, read_timeout=5)
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)
+    assert await _body(resp) == b"ok"
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)  # bodiless: safe to send again
+    assert (resp.status, await _body(resp)) == (200, b"ok")
+    assert len(seen) == 2
+    with pytest.raises(UpstreamError) as dropped:  # a body was sent: never sent twice
+        await pool.request("POST", "/", [("Host", "x")], None, length=2, ready=b"hi")
+    assert dropped.value.kind == "reset" and len(seen) == 2
+    await pool.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_connection_goes_head_body_done_and_failed_as_its_exchange_does():
+    go = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await go.wait()
+        writer.write(b"cd")
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await writer.drain()
+        writer.transport.abort()  # two bytes short
+
+    server, port = await _raw_upstream(handle)
+    pool = Pool("127.0.0.1", port, ssl_context=None, server_hostname=None, limit=1, connect_timeout=2, read_timeout=5)
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)
+    conn = resp.conn
+    assert conn.state is State.BODY
+    go.set()
+    assert await _body(resp) == b"abcd" and conn.state is State.DONE and conn.reusable
+    resp = await pool.request("GET", "/", [("Host", "x")], None, length=None)
+    assert resp.conn is conn  # kept alive, reused
+    with pytest.raises(UpstreamError) as cut:
+        await _body(resp)
+    assert cut.value.kind == "reset" and conn.state is State.FAILED and conn.error is cut.value
+    resp.release()
+    assert not conn.reusable and pool._count == 0 and not pool._idle
     await pool.close()
     server.close()
     await server.wait_closed()

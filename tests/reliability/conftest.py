@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from corsproxy.app import build_app
 from corsproxy.guard import GuardedRunner
 from corsproxy.proxy import Exchange
 from corsproxy.server import make_runner
-from corsproxy.testing import free_port, serve_process
+from corsproxy.testing import ServeProcess, free_port, serve_process
 
 ALLOWED = "https://app.example.com"
 RULES = """
@@ -206,7 +205,7 @@ async def settle_fds(pid: int | str, target: int, *, slack: int = 0, within: flo
 
 
 @contextlib.contextmanager
-def serve_subprocess(tmp_path: Path, upstream_url: str, extra: str = "") -> Iterator[tuple[int, subprocess.Popen]]:
+def serve_subprocess(tmp_path: Path, upstream_url: str, extra: str = "") -> Iterator[tuple[int, ServeProcess]]:
     """``python -m corsproxy serve`` on a free port; yields (port, process); stops it with SIGTERM."""
     port = free_port()
     with serve_process(f"listen:\n  port: {port}\n  drain_timeout: 1\nupstream:\n  url: {upstream_url}\n{extra}\n"

@@ -1,0 +1,28 @@
+"""Every private aiohttp member corsproxy relies on, in one place.
+
+guard.py subclasses aiohttp's ``RequestHandler`` (its request loop, flow control and graceful stop),
+and a few lines elsewhere reach past aiohttp's public API. None of these is promised between releases
+(some were renamed between patch releases), so pyproject.toml pins aiohttp to the range the suite runs
+on, and tests/test_internals.py fails on an aiohttp where any member listed here is gone.
+"""
+
+from __future__ import annotations
+
+# RequestHandler (aiohttp.web_protocol; slots or methods, some from BaseProtocol): guard.GuardedHandler and
+# fastpath.FastHandler.
+REQUEST_HANDLER = (
+    "_messages",  # the parsed-message queue the fast path takes from
+    "_waiter",  # aiohttp's loop waiting for a message: held back, then woken
+    "_parser",  # message_consumed() for each message taken
+    "_close", "_force_close",  # closing after this response / now
+    "_current_request", "_request_in_progress", "_handler_waiter",  # a request in flight; the stop waits for it
+    "_keepalive_timeout", "_next_keepalive_close_time", "_keepalive_handle", "_process_keepalive",
+    "_reading_paused", "_buffer_paused", "_msg_queue_resume_size", "_resume_reading_if_drained",
+    "_drain_helper", "_paused", "_loop",  # writing paused: a response waits in our buffer (RESPONSE_BUFFER)
+)
+WEB_PROTOCOL = ("_ErrInfo",)  # aiohttp.web_protocol: a parse error queued as a message (guard._check_new)
+SERVER = ("_kwargs", "_loop")  # web.Server instances: copied into guard.GuardedServer
+RUNNER = ("_make_server", "_shutdown_timeout")  # web.AppRunner: our own server; drain_timeout set at the stop
+APPLICATION = ("_router",)  # web.Application: app.CatchAllRouter
+STREAM_RESPONSE = ("_send_headers_immediately",)  # web.StreamResponse: head and body in one write (proxy._relay)
+REQUEST = ("_payload_writer",)  # web.BaseRequest: has the response started (guard._check_body)

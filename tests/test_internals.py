@@ -1,0 +1,58 @@
+"""The private aiohttp members corsproxy uses (corsproxy/internals.py) exist on the aiohttp installed."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from aiohttp import web, web_protocol
+from aiohttp.test_utils import make_mocked_request
+
+from corsproxy import internals
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _missing(obj: object, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if not hasattr(obj, name)]
+
+
+async def test_every_private_aiohttp_member_corsproxy_uses_exists() -> None:
+    server = web.Server(lambda request: None, loop=asyncio.get_running_loop())  # type: ignore[arg-type, return-value]
+    missing = {
+        "RequestHandler": _missing(web_protocol.RequestHandler, internals.REQUEST_HANDLER),
+        "web_protocol": _missing(web_protocol, internals.WEB_PROTOCOL),
+        "Server": _missing(server, internals.SERVER),
+        "AppRunner": _missing(web.AppRunner, internals.RUNNER),
+        "Application": _missing(web.Application(), internals.APPLICATION),
+        "StreamResponse": _missing(web.StreamResponse(), internals.STREAM_RESPONSE),
+        "BaseRequest": _missing(make_mocked_request("GET", "/"), internals.REQUEST),
+    }
+    assert {where: names for where, names in missing.items() if names} == {}
+
+
+@pytest.mark.parametrize("module", ["guard", "fastpath", "proxy", "app", "server"])
+def test_every_private_aiohttp_member_the_code_touches_is_listed(module: str) -> None:
+    """A new private use must be added to internals.py (and so to the test above)."""
+    listed = {name for value in vars(internals).values() if isinstance(value, tuple) for name in value}
+    source = (ROOT / "corsproxy" / f"{module}.py").read_text()
+    ours = "".join(path.read_text() for path in (ROOT / "corsproxy").glob("*.py"))  # (FastHandler's base is ours)
+    own = set(re.findall(r"\bdef (_\w+)|self\.(_\w+) = ", ours))
+    defined = {name for pair in own for name in pair if name}
+    # Members of RequestHandler (self._x in guard), and of aiohttp objects reached by name.
+    used = set(re.findall(r"(?:self|plain|resp|app|request|web_protocol|proxy_runner)\.(_[a-zA-Z]\w*)", source))
+    assert used - defined - listed - {"_guard"} == set()
+
+
+def test_the_installed_aiohttp_is_within_the_minor_release_pyproject_pins() -> None:
+    """The pin names one minor release (members move between them) from the oldest patch the suite ran on."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(dep for dep in deps if dep.startswith("aiohttp"))
+    low, high = re.fullmatch(r"aiohttp>=([\d.]+),<([\d.]+)", pin).groups()  # type: ignore[union-attr]
+    installed = tuple(int(part) for part in version("aiohttp").split(".")[:3])
+    assert tuple(map(int, low.split("."))) <= installed < tuple(map(int, high.split(".")))
+    assert high.split(".")[:2] == [low.split(".")[0], str(int(low.split(".")[1]) + 1)]
