@@ -11,11 +11,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, startup
 from .config import Config, ConfigError, Rule, default_config_path, describe, load, with_overrides
 from .explain import BrowserRequest, explain, from_curl, header_arg, target_of
 from .lint import lint
+
+if TYPE_CHECKING:  # suggest loads the Public Suffix List: imported when the command runs
+    from .suggest import Seen
 
 # corsproxy/presets/NAME.yaml, each a config that passes check --strict (tests/test_cli.py)
 PRESETS = {
@@ -261,7 +265,7 @@ def _suggest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _seen(args: argparse.Namespace) -> Iterator[object]:
+def _seen(args: argparse.Namespace) -> Iterator[Seen]:
     from . import suggest
 
     if args.admin:

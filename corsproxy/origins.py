@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from publicsuffixlist import PublicSuffixList
@@ -157,7 +157,7 @@ class OriginSet:
             dot = host.find(".", dot + 1)
 
 
-def compile_origins(entries: list[str | dict[str, str]]) -> OriginSet:
+def compile_origins(entries: Sequence[str | Mapping[str, str]]) -> OriginSet:
     """Classify ``allow_origins`` entries; raises ``ValueError`` naming the bad entry's index."""
     allow_all = allow_null = False
     exact: set[str] = set()
@@ -165,7 +165,7 @@ def compile_origins(entries: list[str | dict[str, str]]) -> OriginSet:
     regexes: list[re.Pattern[str]] = []
     for i, entry in enumerate(entries):
         try:
-            if isinstance(entry, dict):
+            if not isinstance(entry, str):
                 regexes.append(compile_regex_entry(entry))
             elif entry == "*":
                 allow_all = True
@@ -244,7 +244,7 @@ def parse_wildcard(entry: str) -> Wildcard:
     return Wildcard(scheme, "", host, port)
 
 
-def compile_regex_entry(entry: dict[str, str]) -> re.Pattern[str]:
+def compile_regex_entry(entry: Mapping[str, str]) -> re.Pattern[str]:
     if set(entry) != {"regex"} or not isinstance(entry["regex"], str):
         raise ValueError("an origin pattern is written {regex: '^https://[a-z]+\\.example\\.com$'}")
     try:

@@ -137,8 +137,8 @@ def plan(config: Config, seen: Iterable[Seen], min_count: int = 1) -> Plan:
         if kept:
             out.changes.append(Change(by_index[index], name, tuple(kept), tuple(kept.values())))
     out.notes = [Note(text, n, kind) for (kind, text), n in notes.items() if n >= min_count]
-    out.notes += [_alternative(change) for change in out.changes if change.field == "allow_origins"]
-    out.notes = [note for note in out.notes if note is not None]
+    alternatives = (_alternative(change) for change in out.changes if change.field == "allow_origins")
+    out.notes += [note for note in alternatives if note is not None]
     if rare:
         out.notes.append(Note(f"ignored: seen fewer than --min-count {min_count} times", rare, "rare"))
     return out
@@ -446,7 +446,8 @@ def unified_diff(old: str, new: str, path: str, config: Config, changes: list[Ch
     out = [f"--- a/{path}\n", f"+++ b/{path}\n"]
     for group in difflib.SequenceMatcher(None, a, b, autojunk=False).get_grouped_opcodes(3):
         i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
-        touched = sorted({_rule_at(spans, tag_i1) for tag, tag_i1, _, _, _ in group if tag != "equal"} - {None})
+        touched = sorted(i for i in {_rule_at(spans, tag_i1) for tag, tag_i1, _, _, _ in group if tag != "equal"}
+                         if i is not None)
         what = "; ".join(_hunk_label(config, changes, index) for index in touched)
         out.append(f"@@ -{_range(i1, i2)} +{_range(j1, j2)} @@ {what}\n")
         for tag, x1, x2, y1, y2 in group:
