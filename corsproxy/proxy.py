@@ -203,9 +203,8 @@ def _rule_path(raw_path: str) -> str:
 
 def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Response:
     ex.status = resp.status
-    body = resp.body
-    sent = request.method != "HEAD" and isinstance(body, bytes)  # aiohttp sends a HEAD answer's length only
-    ex.bytes_out = len(body) if sent and isinstance(body, bytes) else 0
+    body = resp.body  # (aiohttp sends a HEAD answer's length only)
+    ex.bytes_out = len(body) if request.method != "HEAD" and isinstance(body, bytes) else 0
     return resp
 
 
