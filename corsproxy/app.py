@@ -9,21 +9,9 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from .config import Config
-from .proxy import (
-    LIVE_KEY,
-    OBSERVERS_KEY,
-    POOLS_KEY,
-    SESSIONS_KEY,
-    STARTED_KEY,
-    TAPS_KEY,
-    Live,
-    Observer,
-    Snapshot,
-    handle,
-    keep_untyped,
-    name_server,
-    retire_pools,
-)
+from .exchange import LIVE_KEY, OBSERVERS_KEY, POOLS_KEY, SESSIONS_KEY, STARTED_KEY, TAPS_KEY, Observer, retire_pools
+from .proxy import handle, keep_untyped, name_server
+from .snapshot import Live, Snapshot
 
 
 def build_app(config: Config, *, observers: Iterable[Observer] = (),
@@ -61,7 +49,7 @@ class CatchAllRouter(web.UrlDispatcher):
 
 async def _close_clients(app: web.Application) -> AsyncIterator[None]:
     # HTTP goes through upstream.Pool; aiohttp's session carries WebSockets only. Both are made on first use,
-    # one for each set of upstream settings (proxy.Snapshot.pool_key), so a reload that changes them takes effect.
+    # one for each set of upstream settings (snapshot.Snapshot.pool_key), so a reload that changes them takes effect.
     yield
     for pool in app[POOLS_KEY].values():
         await pool.close()

@@ -28,7 +28,7 @@ COLUMNS = ("time", "origin", "method", "path", "rule", "verdict", "reason", "mod
 
 
 class Observed(Protocol):
-    """What :meth:`DecisionLog.observe` reads of a finished request (``proxy.Exchange`` has it)."""
+    """What :meth:`DecisionLog.observe` reads of a finished request (``exchange.Exchange`` has it)."""
 
     method: str
     path: str

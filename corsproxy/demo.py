@@ -26,8 +26,8 @@ from aiohttp import web
 
 from .app import build_app
 from .config import Config, parse
+from .exchange import TAPS_KEY, Tap
 from .logs import AccessLog
-from .proxy import TAPS_KEY, Tap
 from .server import make_runner
 
 DEFAULT_PORT = 8080  # the page; the proxy gets the next port and the API the one after
@@ -77,7 +77,7 @@ class Wiretap:
         return record
 
     def tap(self, server: str) -> Tap:
-        """A proxy tap (proxy.TAPS_KEY): what the connection-level path sends."""
+        """A proxy tap (exchange.TAPS_KEY): what the connection-level path sends."""
         return lambda *exchange: self.record(server, *exchange)
 
     def record(self, server: str, method: str, path: str, request: list[tuple[str, str]], status: int, reason: str,

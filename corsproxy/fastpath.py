@@ -11,13 +11,14 @@ commonest requests the proxy answers them from the parsed message instead:
 
 Everything else — bodies still arriving, chunked or over ``limits.max_body_size`` or with
 ``Expect``, WebSockets, odd targets, ``Connection: close`` — returns None and takes aiohttp's path
-in :mod:`proxy`. Both paths share the decision (``policy.decide``), the answers the proxy makes itself
-(``proxy.answer``: one value each path serialises), the headers (``upstream_headers``, ``relay_headers``),
-the error mapping (``failure``) and the observers; tests/test_edge.py holds them to the same header lists.
+in :mod:`proxy`. This module is the connection's adapter over :mod:`exchange`, as :mod:`proxy` is aiohttp's:
+the decision, the proxy's own answers (``exchange.answer``, serialised here into bytes), forwarding, relaying,
+errors and the observers are the core's; tests/test_edge.py holds both paths to the same header lists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -29,29 +30,24 @@ from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .guard import GuardedHandler, abort, peer
-from .headers import SERVER
-from .paths import BadPath, decode_path
-from .policy import CorsRequest, Decision, decide
-from .proxy import (
+from .exchange import (
     LIVE_KEY,
     NO_BODY_STATUSES,
     TAPS_KEY,
     Answer,
     Exchange,
-    Snapshot,
     Tap,
+    Whole,
     answer,
     begin,
-    failure,
-    may_splice,
+    forward,
     notify,
-    pool_for,
-    relay_body,
-    relay_headers,
-    upstream_headers,
 )
-from .upstream import UpstreamError, UpstreamResponse
+from .guard import GuardedHandler, peer
+from .headers import SERVER
+from .paths import BadPath, decode_path
+from .policy import CorsRequest, Decision, decide
+from .snapshot import Snapshot
 
 log = logging.getLogger("corsproxy")
 
@@ -272,7 +268,7 @@ def _answered(app: web.Application, taps: list[Tap], known: Known, msg: RawReque
 
 
 def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy[str], head: bytes) -> None:
-    """Tell the taps (proxy.TAPS_KEY) the head just sent, parsed back from its bytes."""
+    """Tell the taps (exchange.TAPS_KEY) the head just sent, parsed back from its bytes."""
     status_line, *lines = head.partition(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape").split("\r\n")
     _, status, reason = (status_line.split(" ", 2) + [""])[:3]
     sent = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
@@ -282,77 +278,60 @@ def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy
 
 async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
                    handler: FastHandler, payload: StreamReader) -> None:
-    body = payload.read_nowait()  # all of it is here (guard.FastAnswer)
-    ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(body)))
+    data = payload.read_nowait()  # all of it is here (guard.FastAnswer)
+    body = Whole(data, len(data) if data or "Content-Length" in request.headers else None)
+    ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(data)))
     try:
-        try:
-            upstream = await pool_for(app, snap).request(
-                request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), None,
-                length=len(body) if body or "Content-Length" in request.headers else None, ready=body,
-                may_splice=may_splice(handler.transport))
-        except UpstreamError as exc:
-            status, message = failure(request, snap, ex, exc)
-            _write_error(app, handler, snap, ex, status, message)
-            return
-        try:
-            await _relay(app, handler, request, snap, ex, upstream)
-        finally:
-            upstream.release()
-    except ConnectionResetError:  # the client went away while we wrote
-        abort(handler.transport)
+        await forward(app, snap, ex, request, body, Wire(app, handler, request))
     finally:
         notify(app, ex)
 
 
-async def _relay(app: web.Application, handler: FastHandler, request: Message, snap: Snapshot, ex: Exchange,
-                 upstream: UpstreamResponse) -> None:
-    headers = relay_headers(request, snap, ex, upstream.headers)
-    status = ex.status = upstream.status
-    has_body = request.method != "HEAD" and status not in NO_BODY_STATUSES
-    whole = upstream.whole_body() if has_body else b""
-    chunked = False
-    if status in NO_BODY_STATUSES:
-        headers.popall("Content-Length", None)  # RFC 9110 §8.6, as aiohttp's own responses do
-    elif whole is not None and has_body:
-        headers["Content-Length"] = str(len(whole))
-    elif has_body and "Content-Length" not in headers:
-        chunked = True  # the upstream's framing (chunked, or until close) is not ours to pass on
-        headers["Transfer-Encoding"] = "chunked"
-    head = _head(status, upstream.reason, headers, b"") + b"\r\n"
-    if app[TAPS_KEY]:
-        _tap(app, request.method, request.raw_path, request.headers, head)
-    transport = handler.transport
-    if transport is None:
-        return
-    if whole is not None:  # all of it is here: head and body in one write
-        transport.write(head + whole)
-        ex.bytes_out = len(whole)
-        return
-    transport.write(head)
+class Wire:
+    """:class:`exchange.Responder` writing the response's bytes to the connection itself."""
 
-    async def write(chunk: bytes) -> None:
-        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-        await handler.drain()
+    __slots__ = ("app", "handler", "request", "chunked")
 
-    if await relay_body(request, snap, ex, upstream, transport, write) and chunked:
-        transport.write(b"0\r\n\r\n")
+    def __init__(self, app: web.Application, handler: FastHandler, request: Message) -> None:
+        self.app, self.handler, self.request = app, handler, request
+        self.chunked = False
 
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self.handler.transport  # type: ignore[return-value]
 
-def _write_error(app: web.Application, handler: FastHandler, snap: Snapshot, ex: Exchange, status: int,
-                 message: str) -> None:
-    """A 502/504 (proxy.answer, as bytes)."""
-    made = answer(snap, ex.decision, (status, message))
-    sent = b"" if ex.method == "HEAD" else made.body  # HEAD: the length, no body
-    ex.status, ex.bytes_out = status, len(sent)
-    head = _made_head(made) + b"\r\n"
-    if app[TAPS_KEY]:
-        _tap(app, ex.method, ex.path, CIMultiDictProxy(CIMultiDict()), head)
-    if handler.transport is not None:
-        handler.transport.write(head + sent)
+    async def send(self, made: Answer, method: str) -> None:
+        head = _made_head(made) + b"\r\n"
+        if self.app[TAPS_KEY]:
+            _tap(self.app, method, self.request.raw_path, self.request.headers, head)
+        if (transport := self.handler.transport) is not None:
+            transport.write(head + (b"" if method == "HEAD" else made.body))  # HEAD: the length, no body
+
+    async def start(self, status: int, reason: str, headers: CIMultiDict[str], *, whole: bytes | None,
+                    bodiless: bool, flush: bool) -> None:
+        # The upstream's framing (chunked, or until close) is not ours to pass on: without a length, chunked.
+        self.chunked = whole is None and not bodiless and "Content-Length" not in headers
+        if self.chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        head = _head(status, reason, headers, b"") + b"\r\n"
+        if self.app[TAPS_KEY]:
+            _tap(self.app, self.request.method, self.request.raw_path, self.request.headers, head)
+        if (transport := self.handler.transport) is not None:  # (a head not flushed leaves at once all the same)
+            transport.write(head if whole is None else head + whole)
+
+    async def write(self, chunk: bytes) -> None:
+        if (transport := self.handler.transport) is None:
+            raise ConnectionResetError("the client connection is closed")
+        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked else chunk)
+        await self.handler.drain()
+
+    async def finish(self) -> None:
+        if self.chunked and (transport := self.handler.transport) is not None:
+            transport.write(b"0\r\n\r\n")
 
 
 def _made_head(made: Answer, *, date: bool = True) -> bytes:
-    """An :class:`proxy.Answer`'s head as aiohttp's Response would send it (a length even when empty)."""
+    """An :class:`exchange.Answer`'s head as aiohttp's Response would send it (a length even when empty)."""
     return _head(made.status, made.reason, CIMultiDict(made.headers), made.body, date=date,
                  length=made.status not in NO_BODY_STATUSES)
 

@@ -24,5 +24,5 @@ WEB_PROTOCOL = ("_ErrInfo",)  # aiohttp.web_protocol: a parse error queued as a 
 SERVER = ("_kwargs", "_loop")  # web.Server instances: copied into guard.GuardedServer
 RUNNER = ("_make_server", "_shutdown_timeout")  # web.AppRunner: our own server; drain_timeout set at the stop
 APPLICATION = ("_router",)  # web.Application: app.CatchAllRouter
-STREAM_RESPONSE = ("_send_headers_immediately",)  # web.StreamResponse: head and body in one write (proxy._relay)
+STREAM_RESPONSE = ("_send_headers_immediately",)  # web.StreamResponse: head and body in one write (proxy.py)
 REQUEST = ("_payload_writer",)  # web.BaseRequest: has the response started (guard._check_body)

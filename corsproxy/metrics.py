@@ -37,7 +37,7 @@ def verdict_label(verdict: str, enforce: bool) -> str:
 
 
 class Metrics:
-    """Request metrics. ``started``/``observe`` are the proxy hooks (see proxy.Exchange).
+    """Request metrics. ``started``/``observe`` are the proxy hooks (see exchange.Exchange).
 
     The hooks count in plain ints; :meth:`publish` hands the counts to prometheus-client before each
     scrape, every second and at shutdown. prometheus-client takes a lock on every change (and in

@@ -1,174 +1,58 @@
-"""The request handler: decide with :mod:`policy`, answer or forward with bodies streamed.
+"""The aiohttp way in: its request handler as a thin adapter over :mod:`exchange`, and WebSockets.
 
-HTTP requests go upstream through :mod:`upstream` (a lean keep-alive pool); WebSockets through
-aiohttp's client. Errors we map (one place, :func:`upstream_error`): connect failures and DNS ->
-502, timeouts -> 504, malformed or dropped upstream responses before headers -> 502, a refused
-WebSocket handshake -> 502, and a request body that passes ``max_body_size`` or breaks its
-framing -> 413 / 400 (:class:`RequestBodyError`, raised in our body generator and passed through
-by the pool). After the response has started, an upstream failure (or a client write that
-fails) aborts the client connection. A client that goes away cancels the handler
-(``handler_cancellation``), and so the upstream request. Everything else reaches aiohttp's 500.
+``handle`` decides, then answers itself (``exchange.answer``, as an aiohttp response) or hands the request to
+``exchange.forward`` with the body as it streams in (:class:`Upload`) and :class:`AiohttpResponder`. This path
+takes what the connection-level one (:mod:`fastpath`) leaves: bodies still arriving or chunked, ``Expect``,
+HTTP/1.0, WebSockets, odd targets. WebSockets go through aiohttp's client (``ws_session``), their close codes and
+reasons relayed both ways. A client that goes away cancels the handler (``handler_cancellation``), and so the
+upstream request; everything unexpected reaches aiohttp's 500.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import ssl
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
-from . import splice
-from .config import Config, IPNetwork
-from .guard import MIN_RATE_GRACE, RESPONSE_BUFFER, abort
-from .headers import HOP_BY_HOP, SERVER, hop_by_hop, rewrite_location
+from .exchange import (
+    DECISION_HEADER,
+    LIVE_KEY,
+    SESSIONS_KEY,
+    Answer,
+    BodyTooLarge,
+    Exchange,
+    RequestBodyError,
+    Whole,
+    _over_limit,
+    answer,
+    begin,
+    decision_header,
+    failure,
+    forward,
+    notify,
+    respond,
+    upstream_headers,
+)
+from .headers import SERVER
 from .paths import BadPath, decode_path, resolve_dots
-from .policy import CorsRequest, Decision, Policy, UpstreamCorsOutcome, decide, finish, respond_headers
-from .readable import unexposed
-from .upstream import Pool, UpstreamError, UpstreamResponse
+from .policy import CorsRequest, decide, finish
+from .snapshot import Snapshot, client_ssl
 
 log = logging.getLogger("corsproxy")
 
-VIA = "1.1 corsproxy"
-DECISION_HEADER = "CORS-Decision"
 WS_HANDSHAKE_HEADERS = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
-NO_BODY_STATUSES = frozenset({204, 304})
-# Request headers this hop has already answered: aiohttp's server sent the client its "100 Continue", and
-# passing Expect on would stall the body behind an upstream that never sends one (lowercase).
-PROXY_ANSWERED = frozenset({"expect"})
-# Client headers never passed on: the proxy writes its own (lowercase). FORWARDED_BY_US too, unless the client
-# is a trusted proxy.
-OWN_HEADERS = frozenset({"host", "via", "content-length"})
 BODY_BEFORE_CONNECTING = 2**16  # bytes of a request body read before taking an upstream connection
-FORWARDED_BY_US = frozenset({"x-forwarded-proto", "x-forwarded-host"})
-
-
-class Incoming(Protocol):
-    """What forwarding reads of a client's request: an aiohttp ``web.Request``, or fastpath's own (read-only)."""
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def raw_path(self) -> str: ...
-    @property
-    def headers(self) -> CIMultiDictProxy[str]: ...
-    @property
-    def remote(self) -> str | None: ...
-    @property
-    def scheme(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One loaded config with everything the handler derives from it; swapped whole on reload."""
-
-    config: Config
-    policy: Policy
-    upstream: URL
-    upstream_base: str  # "http://host:port/base" without a trailing slash
-    upstream_path: str  # "/base" (raw, without a trailing slash), prefixed to every request target
-    upstream_host: str  # Host header value for host_header: upstream
-    # Everything an upstream pool (and the WebSocket session) is made from: a reload that changes any of it gets
-    # a new one, and requests already running finish on theirs.
-    pool_key: tuple[object, ...] = ()
-
-    @classmethod
-    def build(cls, config: Config) -> Snapshot:
-        up = URL(config.upstream.url)
-        host = up.raw_host or ""
-        if up.explicit_port:
-            host = f"{host}:{up.port}"
-        return cls(
-            config=config,
-            policy=Policy.from_config(config),
-            upstream=up,
-            upstream_base=config.upstream.url.rstrip("/"),
-            upstream_path=up.raw_path.rstrip("/"),
-            upstream_host=host,
-            pool_key=(up.scheme, up.raw_host, up.port, config.upstream.tls_verify, config.upstream.ca_file,
-                      config.upstream.connect_timeout, config.upstream.read_timeout,
-                      config.upstream.max_connections),
-        )
-
-    def trusts(self, remote: str | None) -> bool:
-        nets: tuple[IPNetwork, ...] = self.config.listen.trusted_proxies
-        if not nets or not remote:
-            return False
-        try:
-            address = ipaddress.ip_address(remote)
-        except ValueError:
-            return False
-        return any(address in net for net in nets)
-
-
-class Live:
-    """The config in force. Handlers read ``current`` once, so in-flight requests finish on theirs."""
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.current = snapshot
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What happened to one request: fed to the access log, metrics and /decisions."""
-
-    method: str
-    path: str
-    client: str
-    decision: Decision
-    started: float = field(default_factory=time.monotonic)
-    status: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    duration: float = 0.0
-    upstream_error: str | None = None  # refused, dns, timeout, reset, tls, protocol, aborted
-    websocket: bool = False
-    unexposed: tuple[str, ...] = ()  # response header names the page could not read (for `corsproxy suggest`)
-    upstream_cors: UpstreamCorsOutcome = None  # upstream_cors: keep kept or replaced the upstream's, and why
-
-
-Observer = Callable[[Exchange], None]
-
-LIVE_KEY = web.AppKey("live", Live)
-SESSIONS_KEY = web.AppKey("sessions", dict)  # Snapshot.pool_key -> aiohttp.ClientSession, for WebSockets only
-POOLS_KEY = web.AppKey("pools", dict)  # Snapshot.pool_key -> upstream.Pool
-OBSERVERS_KEY = web.AppKey("observers", list[Observer])
-# Told when a request starts (after the decision), before its observers are told it finished.
-STARTED_KEY = web.AppKey("started", list[Observer])
-# Told the head of each response the fast path sends, as (method, target, request headers, status, reason,
-# response headers); aiohttp's path has on_response_prepare. For the demo's wire view; empty in production.
-Tap = Callable[[str, str, list[tuple[str, str]], int, str, list[tuple[str, str]]], None]
-TAPS_KEY = web.AppKey("taps", list[Tap])
-
-
-class RequestBodyError(Exception):
-    """The client's request body failed on its way upstream (malformed framing); the client gets ``status``."""
-
-    status, kind = 400, "bad-body"
-
-
-class BodyTooLarge(RequestBodyError):
-    """A streamed request body passed ``limits.max_body_size``."""
-
-    status, kind = 413, "too-large"
-
-
-# ---------------------------------------------------------------------- handler
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -180,14 +64,21 @@ async def handle(request: web.Request) -> web.StreamResponse:
         path, bad = resolve_dots(request.raw_path), exc
     decision = decide(snap.policy, CorsRequest.from_headers(request.method, path, request.headers))
     ex = begin(request.app, Exchange(request.method, request.raw_path, request.remote or "-", decision))
+    out = AiohttpResponder(request)
+    limit = snap.config.limits.max_body_size
     try:
         if bad is not None:
-            return _done(request, ex, _error(snap, decision, 400, f"{bad}; such paths are never forwarded"))
-        if decision.status is not None and decision.enforce:
-            return _done(request, ex, _answer(snap, decision))
-        if _is_websocket(request):
-            return await _websocket(request, snap, ex)
-        return await _forward(request, snap, ex)
+            await respond(ex, answer(snap, decision, (400, f"{bad}; such paths are never forwarded")), out)
+        elif decision.status is not None and decision.enforce:
+            await respond(ex, answer(snap, decision), out)
+        elif _is_websocket(request):
+            return await _websocket(request, snap, ex, out)
+        elif limit is not None and (request.content_length or 0) > limit:
+            await respond(ex, answer(snap, decision, (413, _over_limit(limit))), out)
+        else:
+            body = Upload(request, limit, ex) if request.body_exists else Whole(b"", request.content_length)
+            await forward(request.app, snap, ex, request, body, out)
+        return out.sent
     finally:
         notify(request.app, ex)
 
@@ -201,82 +92,44 @@ def _rule_path(raw_path: str) -> str:
     return decode_path(raw_path)
 
 
-def _done(request: web.Request, ex: Exchange, resp: web.Response) -> web.Response:
-    ex.status = resp.status
-    body = resp.body  # (aiohttp sends a HEAD answer's length only)
-    ex.bytes_out = len(body) if request.method != "HEAD" and isinstance(body, bytes) else 0
-    return resp
+class AiohttpResponder:
+    """:class:`exchange.Responder` over aiohttp's response objects (which add Date, Server and the framing)."""
 
+    __slots__ = ("request", "response")
 
-def begin(app: web.Application, ex: Exchange) -> Exchange:
-    """Tell the ``started`` hooks (the in-flight gauge) about ``ex``: every exchange, on either path, begins here
-    and ends in :func:`notify`."""
-    for hook in app[STARTED_KEY]:
-        hook(ex)
-    return ex
-
-
-def notify(app: web.Application, ex: Exchange) -> None:
-    ex.duration = time.monotonic() - ex.started
-    for observer in app[OBSERVERS_KEY]:
-        observer(ex)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A response the proxy makes itself, as data: both ways through the proxy serialise it (:func:`_response`
-    here into aiohttp's, fastpath's into bytes), so they cannot drift apart."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]  # in order; Content-Length, Date and Server are the serialiser's
-    body: bytes = b""
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None  # what handle returns, once sent or started
 
     @property
-    def reason(self) -> str:
-        return HTTPStatus(self.status).phrase
+    def transport(self) -> asyncio.Transport | None:
+        return self.request.transport  # type: ignore[return-value]
 
+    async def send(self, made: Answer, method: str) -> None:
+        self.response = web.Response(status=made.status, body=made.body or None, headers=CIMultiDict(made.headers))
+        # (returned unprepared: aiohttp's loop sends it, a HEAD's with its length and no body)
 
-def answer(snap: Snapshot, decision: Decision, error: tuple[int, str] | None = None) -> Answer:
-    """What the proxy answers itself: from the decision alone (preflight 204/403, a rejected origin's 403); or,
-    with ``error`` (status, message), a 400/413/502/504 carrying the CORS headers an upstream response would get."""
-    if error is None:
-        status, body = decision.status or 500, decision.body
-        headers: CIMultiDict[str] = CIMultiDict(respond_headers(decision))
-    else:
-        status, body = error[0], (error[1] + "\n").encode()
-        headers = CIMultiDict({"Content-Type": "text/plain; charset=utf-8"})
-        finish(decision, headers)
-    if (debug := decision_header(snap, decision)) is not None:
-        headers[DECISION_HEADER] = debug
-    return Answer(status, tuple(headers.items()), body)
+    async def start(self, status: int, reason: str, headers: CIMultiDict[str], *, whole: bytes | None,
+                    bodiless: bool, flush: bool) -> None:
+        resp = self.response = RelayedResponse(status=status, reason=reason, headers=headers)
+        resp.untyped = "Content-Type" not in headers
+        # aiohttp's opt-in buffering: the head leaves with the first write (or the whole body) unless flushed.
+        resp._send_headers_immediately = flush
+        await resp.prepare(self.request)
+        if whole is not None:
+            await resp.write_eof(whole)
 
+    async def write(self, chunk: bytes) -> None:
+        await self.sent.write(chunk)
 
-def _response(made: Answer) -> web.Response:
-    """An :class:`Answer` as aiohttp's response (which adds Content-Length, Date and Server)."""
-    return web.Response(status=made.status, body=made.body or None, headers=CIMultiDict(made.headers))
+    async def finish(self) -> None:
+        await self.sent.write_eof()
 
-
-def _answer(snap: Snapshot, decision: Decision) -> web.Response:
-    return _response(answer(snap, decision))
-
-
-def _error(snap: Snapshot, decision: Decision, status: int, message: str) -> web.Response:
-    return _response(answer(snap, decision, (status, message)))
-
-
-def decision_header(snap: Snapshot, decision: Decision, kept: UpstreamCorsOutcome = None) -> str | None:
-    """The ``CORS-Decision`` value when ``debug.decision_header`` is on and a rule matched."""
-    if not snap.config.debug.decision_header or decision.rule is None:
-        return None
-    return decision.header_value(kept)
-
-
-def _debug_header(snap: Snapshot, decision: Decision, resp: web.StreamResponse) -> None:
-    if (debug := decision_header(snap, decision)) is not None:
-        resp.headers[DECISION_HEADER] = debug
-
-
-# ---------------------------------------------------------------------- forwarding
+    @property
+    def sent(self) -> web.StreamResponse:
+        """The response sent or begun (every way through :mod:`exchange` makes one)."""
+        assert self.response is not None
+        return self.response
 
 
 def upstream_url(snap: Snapshot, request: web.Request) -> URL:
@@ -284,75 +137,41 @@ def upstream_url(snap: Snapshot, request: web.Request) -> URL:
     return URL(snap.upstream_base + request.raw_path, encoded=True)
 
 
-def upstream_headers(snap: Snapshot, request: Incoming, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """The client's headers minus hop-by-hop ones (and ``drop``), with Host, Via and X-Forwarded-* set.
-
-    Never ``Content-Length``: the pool frames the body it sends from the body it reads (upstream.Pool.request).
-    The proxy's own headers are computed from what is left after hop-by-hop removal.
-    """
-    headers = request.headers
-    drop = (hop_by_hop(headers.getall("Connection")) if "Connection" in headers else HOP_BY_HOP) | drop | PROXY_ANSWERED
-    up = snap.config.upstream
-    trusted = up.forwarded_headers and snap.trusts(request.remote)
-    # SECURITY: framing is the proxy's own, never copied; only a trusted proxy may say X-Forwarded-Proto/-Host.
-    own = OWN_HEADERS if trusted or not up.forwarded_headers else OWN_HEADERS | FORWARDED_BY_US
-    out, via, xff = [], [], []
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower in drop:
-            continue
-        if lower == "via":
-            via.append(value)
-        elif lower == "x-forwarded-for" and up.forwarded_headers:
-            xff.append(value)
-        elif lower not in own:
-            out.append((name, value))
-    host = headers.get("Host") if up.host_header == "preserve" else None
-    out.append(("Host", host or snap.upstream_host))
-    # Appended, never merged: a second corsproxy in a chain is a second hop (RFC 9110 §7.6.3).
-    out.append(("Via", ", ".join([*via, VIA])))
-    if up.forwarded_headers:
-        remote = request.remote or ""
-        out.append(("X-Forwarded-For", ", ".join([*xff, remote])))
-        kept = {name.lower() for name, _ in out} if trusted else frozenset()
-        if "x-forwarded-proto" not in kept:
-            out.append(("X-Forwarded-Proto", request.scheme))
-        if "x-forwarded-host" not in kept:
-            out.append(("X-Forwarded-Host", request.host))
-    return out
-
-
-def proxy_origin(snap: Snapshot, request: Incoming) -> str:
-    """The proxy's origin as the client sees it, for Location rewriting."""
-    scheme = request.scheme
-    if snap.trusts(request.remote):
-        scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
-    return f"{scheme}://{request.host}"
-
-
 @dataclass(slots=True)
-class _Upload:
-    """The client's request body on its way upstream, counted against ``limits.max_body_size``."""
+class Upload:
+    """The client's request body as it streams in (:class:`exchange.Body`), counted against
+    ``limits.max_body_size``."""
 
     request: web.Request
     limit: int | None
     ex: Exchange
 
-    async def first(self, size: int) -> bytes:
-        """The body's first ``size`` bytes or all of it, read before an upstream connection is taken: a client
-        trickling a small body holds no connection of the pool meanwhile (limits.min_data_rate ends it)."""
+    @property
+    def length(self) -> int | None:
+        return self.request.content_length
+
+    @property
+    def chunked(self) -> bool:
+        return self.request.content_length is None
+
+    async def first(self) -> bytes:
+        """The first BODY_BEFORE_CONNECTING bytes or all of it, read before an upstream connection is taken: a
+        client trickling a small body holds no connection of the pool meanwhile (limits.min_data_rate ends it)."""
         content = self.request.content
         try:
             parts = [self._counted(content.read_nowait())]  # what came with the head (often all of it)
             got = len(parts[0])
-            while got < size and not content.at_eof():
+            while got < BODY_BEFORE_CONNECTING and not content.at_eof():
                 parts.append(self._counted(await content.readany()))
                 got += len(parts[-1])
         except HttpProcessingError as exc:
             raise RequestBodyError(f"malformed request body: {exc}") from exc
         return b"".join(parts)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def rest(self) -> AsyncIterator[bytes] | None:
+        return None if self.request.content.at_eof() else self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self.request.content.iter_any():
                 yield self._counted(chunk)
@@ -364,30 +183,6 @@ class _Upload:
         if self.limit is not None and self.ex.bytes_in > self.limit:
             raise BodyTooLarge(_over_limit(self.limit))
         return chunk
-
-
-def _over_limit(limit: int | None) -> str:
-    return f"request body over {limit} bytes (limits.max_body_size)"
-
-
-def _too_large(request: web.Request, limit: int | None) -> bool:
-    return limit is not None and request.content_length is not None and request.content_length > limit
-
-
-def pool_for(app: web.Application, snap: Snapshot) -> Pool:
-    """The keep-alive pool for the snapshot's upstream and its settings (``Snapshot.pool_key``)."""
-    key = snap.pool_key
-    pools = app[POOLS_KEY]
-    pool = pools.get(key)
-    if pool is None:
-        up = snap.config.upstream
-        tls = pool_ssl(snap.config) if snap.upstream.scheme == "https" else None
-        pool = pools[key] = Pool(
-            snap.upstream.raw_host or "", snap.upstream.port or 80, ssl_context=tls,
-            server_hostname=snap.upstream.raw_host, limit=up.max_connections,
-            connect_timeout=up.connect_timeout, read_timeout=up.read_timeout,
-        )
-    return pool
 
 
 def ws_session(app: web.Application, snap: Snapshot) -> aiohttp.ClientSession:
@@ -410,57 +205,6 @@ def ws_session(app: web.Application, snap: Snapshot) -> aiohttp.ClientSession:
                                           sock_read=up.read_timeout),
         )
     return session
-
-
-def retire_pools(app: web.Application, snap: Snapshot) -> None:
-    """After a reload: pools made for other settings keep no idle connection and reuse none (the requests still
-    running on them finish there). Their WebSocket sessions stay until the app stops: closing one would cut
-    the WebSockets open on it."""
-    key = snap.pool_key
-    pools = app[POOLS_KEY]
-    for old in [k for k in pools if k != key]:
-        pools.pop(old).retire()
-
-
-async def _forward(request: web.Request, snap: Snapshot, ex: Exchange) -> web.StreamResponse:
-    limit = snap.config.limits.max_body_size
-    if _too_large(request, limit):
-        return _done(request, ex, _error(snap, ex.decision, 413, _over_limit(limit)))
-    has_body = request.body_exists
-    body, ready = None, b""
-    try:
-        if has_body:
-            upload = _Upload(request, limit, ex)
-            ready = await upload.first(BODY_BEFORE_CONNECTING)
-            body = None if request.content.at_eof() else upload.chunks()
-        upstream = await pool_for(request.app, snap).request(
-            request.method, snap.upstream_path + request.raw_path, upstream_headers(snap, request), body,
-            length=request.content_length, chunked=has_body and request.content_length is None, ready=ready,
-            may_splice=body is None and may_splice(request.transport),
-        )
-    except (UpstreamError, RequestBodyError) as exc:
-        return _done(request, ex, _failed(request, snap, ex, exc))
-    try:
-        return await _relay(request, snap, ex, upstream)
-    finally:
-        upstream.release()
-
-
-def _failed(request: web.Request, snap: Snapshot, ex: Exchange, exc: Exception) -> web.Response:
-    """The response for a request that failed before any of the upstream's response was relayed."""
-    return _error(snap, ex.decision, *failure(request, snap, ex, exc))
-
-
-def failure(request: Incoming, snap: Snapshot, ex: Exchange, exc: Exception) -> tuple[int, str]:
-    """Status and message for a request that failed before the upstream answered; logged, counted in ``ex``."""
-    status, kind = upstream_error(exc)
-    if status == 413:  # the client's fault, not the upstream's: no upstream_error
-        return status, _over_limit(snap.config.limits.max_body_size)
-    if status == 400:
-        return status, f"request body: {_describe(exc)}"
-    ex.upstream_error = kind
-    log.warning("upstream %s for %s %s: %s", kind, request.method, request.raw_path, _describe(exc))
-    return status, f"upstream {kind}: {_describe(exc)}"
 
 
 class RelayedResponse(web.StreamResponse):
@@ -492,141 +236,6 @@ async def name_server(request: web.Request, response: web.StreamResponse) -> Non
         response.headers["Server"] = SERVER
 
 
-async def _relay(request: web.Request, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse) -> web.StreamResponse:
-    resp = RelayedResponse(status=upstream.status, reason=upstream.reason,
-                           headers=relay_headers(request, snap, ex, upstream.headers))
-    resp.untyped = "Content-Type" not in resp.headers
-    ex.status = upstream.status
-    has_body = request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES
-    whole = upstream.whole_body() if has_body else b""
-    try:
-        if whole is not None:
-            # All of it is here already: head and body leave in one write (aiohttp's opt-in buffering).
-            resp._send_headers_immediately = False
-            if has_body:  # framed by its length, whatever the upstream's framing was (as the fast path does)
-                resp.content_length = len(whole)
-            ex.bytes_out += len(whole)
-            await resp.prepare(request)
-            await resp.write_eof(whole)
-            return resp
-        # Part of the body is here: the head leaves with it (aiohttp holds the head until the first
-        # write), else at once, so that a client of a stream (SSE) sees the response begin. And at once
-        # when the rest may bypass the process: it must be out before splice_rest writes.
-        resp._send_headers_immediately = not upstream.has_data or may_splice(request.transport)
-        await resp.prepare(request)
-        if await relay_body(request, snap, ex, upstream, request.transport, resp.write):
-            await resp.write_eof()
-        return resp  # (broken off: aiohttp's own write_eof meets a closed transport, logged at debug)
-    except ConnectionResetError:  # the client went away (aiohttp's ClientConnectionResetError is one)
-        abort(request.transport)
-    return resp
-
-
-async def relay_body(request: Incoming, snap: Snapshot, ex: Exchange, upstream: UpstreamResponse,
-                     transport: asyncio.Transport | None, write: Callable[[bytes], Awaitable[None]]) -> bool:
-    """Relay the upstream's body, on either path: spliced socket to socket when it may be, else each chunk through
-    ``write`` (which waits while the client is slow). False when it broke off (the client connection is aborted)."""
-    try:
-        if await splice_rest(transport, ex, upstream, snap.config.limits.min_data_rate):
-            return True
-        while chunk := await upstream.read():
-            await write(chunk)
-            ex.bytes_out += len(chunk)
-    except (UpstreamError, RequestBodyError, splice.DestinationStalled) as exc:
-        broke_off(request, ex, exc, transport)
-        return False
-    return True
-
-
-def may_splice(transport: asyncio.BaseTransport | None) -> bool:
-    """Whether a response body for this client connection may go socket to socket (:func:`splice_rest`)."""
-    return splice.AVAILABLE and transport is not None and transport.get_extra_info("sslcontext") is None
-
-
-async def splice_rest(transport: asyncio.BaseTransport | None, ex: Exchange, upstream: UpstreamResponse,
-                      min_rate: float | None) -> bool:
-    """Send the rest of the upstream's body to the client without it entering the process
-    (``Connection.splice_body``); False when it cannot go that way (nothing sent), or stopped because the
-    client is slow and the rest fits guard.RESPONSE_BUFFER (the caller relays the rest; its connection's
-    buffer holds it for the client).
-
-    Raises UpstreamError, splice.DestinationStalled, or ConnectionResetError when the client went away.
-    """
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    # (Bytes still in the transport's buffer would reach the client after the spliced ones.)
-    if sock is None or not may_splice(transport) or transport.get_write_buffer_size():  # type: ignore[union-attr]
-        return False
-    sent = [0]
-    try:
-        return await upstream.splice_body(sock.fileno(), sent, budget=RESPONSE_BUFFER, min_rate=min_rate,
-                                          grace=MIN_RATE_GRACE)
-    finally:
-        ex.bytes_out += sent[0]
-
-
-def broke_off(request: Incoming, ex: Exchange, exc: Exception, transport: asyncio.Transport | None) -> None:
-    """Log an exchange that broke off after its response began, and abort the client connection."""
-    abort(transport, reset=isinstance(exc, splice.DestinationTooSlow))
-    if isinstance(exc, UpstreamError):  # resets, malformed framing and the read timeout
-        ex.upstream_error = "aborted"
-        log.warning("upstream failed mid-body for %s %s: %s; aborting the client connection",
-                    request.method, request.raw_path, _describe(exc))
-    elif isinstance(exc, RequestBodyError):  # the request body failed after the response began
-        log.warning("request body for %s %s failed after the response started (%s); closing the client "
-                    "connection", request.method, request.raw_path, _describe(exc))
-    else:  # splice.DestinationStalled
-        log.warning("%s %s: %s; closing its connection", request.method, request.raw_path, exc)
-
-
-def relay_headers(request: Incoming, snap: Snapshot, ex: Exchange, raw: list[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers as the client gets them: hop-by-hop dropped, Location rewritten,
-    the CORS part written by policy.finish, and the decision header when on. ``ex`` is told what
-    ``upstream_cors: keep`` did (for the access log) and which headers the page cannot read (for suggest)."""
-    decision = ex.decision
-    if decision.kind == "actual" and decision.origin is not None:
-        ex.unexposed = unexposed(decision, (name for name, _ in raw))
-    names = {name.lower() for name, _ in raw}
-    drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
-    headers = CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
-    if snap.config.upstream.rewrite_location and ("location" in names or "content-location" in names):
-        _rewrite_locations(snap, request, headers)
-    ex.upstream_cors = kept = finish(decision, headers)
-    if (debug := decision_header(snap, decision, kept)) is not None:
-        headers[DECISION_HEADER] = debug
-    return headers
-
-
-def _rewrite_locations(snap: Snapshot, request: Incoming, headers: CIMultiDict[str]) -> None:
-    for name in ("Location", "Content-Location"):
-        value = headers.get(name)
-        if value:
-            new = rewrite_location(value, snap.upstream, proxy_origin(snap, request))
-            if new is not None:
-                headers[name] = new
-
-
-def upstream_error(exc: BaseException) -> tuple[int, str]:
-    """Map a failure before the response started to (status, kind): the one place errors get a status."""
-    if isinstance(exc, RequestBodyError | UpstreamError):
-        return exc.status, exc.kind
-    # WebSockets go through aiohttp's client.
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-        return 504, "timeout"
-    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError):
-        return 502, "tls"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return 502, "dns"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return 502, "refused"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return 502, "reset"
-    return 502, "protocol"  # a malformed response, or a WebSocket handshake the upstream refused
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
 # ---------------------------------------------------------------------- websockets
 
 
@@ -634,14 +243,12 @@ def _is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket" and request.method == "GET"
 
 
-async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.StreamResponse:
+async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange, out: AiohttpResponder) -> web.StreamResponse:
     ex.websocket = True
     if ex.decision.verdict == "denied:origin" and ex.decision.enforce:
         # SECURITY: browsers apply no CORS to WebSockets; this check is the only one.
-        refused = web.Response(status=403, text=f"WebSocket refused: {ex.decision.reason}\n",
-                               headers={"Vary": "Origin"})
-        _debug_header(snap, ex.decision, refused)
-        return _done(request, ex, refused)
+        await respond(ex, _refused(snap, ex), out)
+        return out.sent
     headers = CIMultiDict(upstream_headers(snap, request, WS_HANDSHAKE_HEADERS))
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
@@ -650,16 +257,25 @@ async def _websocket(request: web.Request, snap: Snapshot, ex: Exchange) -> web.
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=WS_CLOSE_TIMEOUT),
         )
     except aiohttp.ClientError as exc:  # a refused handshake (WSServerHandshakeError) included
-        return _done(request, ex, _failed(request, snap, ex, exc))
+        await respond(ex, answer(snap, ex.decision, failure(request, snap, ex, exc)), out)
+        return out.sent
     async with upstream:
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=False,
                                        autoclose=False)  # close frames are relayed by _pump
         finish(ex.decision, client.headers)
-        _debug_header(snap, ex.decision, client)
+        if (debug := decision_header(snap, ex.decision)) is not None:
+            client.headers[DECISION_HEADER] = debug
         await client.prepare(request)
         ex.status = 101
         await _pump_both(client, upstream, ex)
     return client
+
+
+def _refused(snap: Snapshot, ex: Exchange) -> Answer:
+    headers = [("Vary", "Origin"), ("Content-Type", "text/plain; charset=utf-8")]
+    if (debug := decision_header(snap, ex.decision)) is not None:
+        headers.append((DECISION_HEADER, debug))
+    return Answer(403, tuple(headers), f"WebSocket refused: {ex.decision.reason}\n".encode())
 
 
 async def _pump_both(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, ex: Exchange) -> None:
@@ -729,25 +345,3 @@ def _close_frame(msg: aiohttp.WSMessage, lost: int) -> tuple[int, bytes]:
     if code in WS_UNSENDABLE:
         return lost, b""
     return code, (msg.extra or "").encode()
-
-
-def pool_ssl(config: Config) -> ssl.SSLContext:
-    """The TLS context for an https upstream: verified (system CAs or ca_file), or not at all."""
-    setting = client_ssl(config)
-    if isinstance(setting, ssl.SSLContext):
-        return setting
-    ctx = ssl.create_default_context()
-    if setting is False:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def client_ssl(config: Config) -> ssl.SSLContext | bool:
-    """The upstream TLS setting for the connector: verified (default CA or ca_file) or off."""
-    up = config.upstream
-    if not up.tls_verify:
-        return False
-    if up.ca_file:
-        return ssl.create_default_context(cafile=up.ca_file)
-    return True

@@ -15,7 +15,7 @@ Process model:
 
 Signals: SIGHUP reloads (so does a change of the file, polled every second). An invalid file
 is logged with every error and the running config stays; requests in flight finish on the
-config they started with (``proxy.Live`` swaps one reference). SIGTERM/SIGINT: /readyz turns
+config they started with (``snapshot.Live`` swaps one reference). SIGTERM/SIGINT: /readyz turns
 503, the listener stops accepting, in-flight requests get up to ``listen.drain_timeout``, exit 0.
 """
 
@@ -45,10 +45,10 @@ from .admin import AdminState, build_admin
 from .app import build_app, reload
 from .config import RESTART_ONLY, Config, ConfigError
 from .decisions import DecisionLog
+from .exchange import LIVE_KEY
 from .fastpath import FastHandler, fast_answerer
 from .guard import GuardedHandler, GuardedRunner
 from .metrics import ConfigState, Metrics, multiprocess_registry
-from .proxy import LIVE_KEY
 
 log = logging.getLogger("corsproxy")
 
@@ -78,7 +78,7 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     handler_cancellation: a client that goes away cancels its handler, and so the upstream request.
     fast_preflights: the commonest requests (answered preflights, keep-alive requests whose body, if
     any, came with the head) are answered at the connection (fastpath.py), which skips aiohttp's
-    request and response objects and so ``on_response_prepare`` hooks (``proxy.TAPS_KEY`` sees those
+    request and response objects and so ``on_response_prepare`` hooks (``exchange.TAPS_KEY`` sees those
     answers). Off only in tests, to run them on aiohttp's path too.
     """
     handler, kwargs = (FastHandler, {"fast_answer": fast_answerer(app)}) if fast_preflights else (GuardedHandler, {})

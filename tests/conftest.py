@@ -20,7 +20,7 @@ from yarl import URL
 
 from corsproxy import config as cfg
 from corsproxy.app import build_app, reload
-from corsproxy.proxy import Exchange
+from corsproxy.exchange import Exchange
 from corsproxy.server import make_runner, server_ssl
 
 UPSTREAM_CORS = {

@@ -209,7 +209,8 @@ async def test_a_remembered_answer_gets_a_fresh_date(make_proxy: MakeProxy, monk
 
 async def test_a_reload_forgets_remembered_answers(make_proxy: MakeProxy) -> None:
     from corsproxy import config as cfg
-    from corsproxy.proxy import LIVE_KEY, Snapshot
+    from corsproxy.exchange import LIVE_KEY
+    from corsproxy.snapshot import Snapshot
 
     proxy = await make_proxy()
     assert (await _exchange(proxy.url, PREFLIGHT, 1))[0].startswith(b"HTTP/1.1 204")
@@ -226,7 +227,7 @@ def test_the_memo_is_bounded() -> None:
 
     from corsproxy import config as cfg
     from corsproxy.fastpath import MAX_REMEMBERED, MAX_REMEMBERED_CHARS, Memo
-    from corsproxy.proxy import Snapshot
+    from corsproxy.snapshot import Snapshot
 
     text = "upstream:\n  url: http://127.0.0.1:9\nrules:\n  - name: all\n    paths: ['/**']\n" \
            "    allow_origins: ['*']\n"

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from corsproxy import exchange as exchange_module
 from corsproxy import guard
-from corsproxy import proxy as proxy_module
 from corsproxy.testing import free_port, serve_process
 from tests.conftest import MakeProxy, Proxy, Upstream
 
@@ -160,7 +160,7 @@ async def test_a_client_taking_its_answer_under_min_data_rate_is_disconnected_an
         make_proxy: MakeProxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         query: str) -> None:
     monkeypatch.setattr(guard, "MIN_RATE_GRACE", 1.0)
-    monkeypatch.setattr(proxy_module, "MIN_RATE_GRACE", 1.0)
+    monkeypatch.setattr(exchange_module, "MIN_RATE_GRACE", 1.0)
     proxy = await make_proxy(extra="limits: {min_data_rate: 1000}\n")
     server = proxy.client.server.runner.server
     sock = await _slow_reader(proxy, "/big?mib=8" + query)

@@ -19,7 +19,7 @@ import pytest
 from yarl import URL
 
 from corsproxy import splice
-from corsproxy.proxy import POOLS_KEY
+from corsproxy.exchange import POOLS_KEY
 from tests.conftest import MakeProxy, Proxy, Upstream
 
 

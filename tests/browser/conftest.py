@@ -23,7 +23,7 @@ from aiohttp import web
 
 from corsproxy import config as cfg
 from corsproxy.app import build_app
-from corsproxy.proxy import Exchange
+from corsproxy.exchange import Exchange
 from corsproxy.server import make_runner
 
 CHROMIUM = os.environ.get("CORSPROXY_CHROMIUM", "/usr/bin/chromium")

@@ -24,8 +24,8 @@ from aiohttp import web
 
 from corsproxy import config as cfg
 from corsproxy.app import build_app
+from corsproxy.exchange import Exchange
 from corsproxy.guard import GuardedRunner
-from corsproxy.proxy import Exchange
 from corsproxy.server import make_runner
 from corsproxy.testing import ServeProcess, free_port, serve_process
 
