@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from yarl import URL
@@ -39,6 +39,7 @@ UpstreamCors = Literal["replace", "keep"]
 DeniedPreflight = Literal["reject", "forward"]
 ResourcePolicy = Literal["same-site", "same-origin", "cross-origin"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_T = TypeVar("_T")
 
 DEFAULT_CONFIG_PATH = "config.yaml"
 # Read once at start (the listeners): a reload that changes them waits for a restart (README "Reload").
@@ -235,23 +236,30 @@ def _stand_in(data: dict[str, Any], upstream: str) -> None:
 def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
                    upstream: str | None = None) -> Config:
     """Apply command-line flags (which win over the file)."""
-    listen, up, issues = config.listen, config.upstream, []
-    for flag, value, check in (("--host", host, _str), ("--port", port, _int(0, 65535)),
-                               ("--upstream", upstream, _upstream_url)):
-        if value is None:
-            continue
-        try:
-            value = check(value)
-        except ValueError as exc:  # checked like the file's own value, so serve never binds a bad one
-            issues.append(f"{flag}: {exc}")
-        else:
-            if flag == "--upstream":
-                up = dataclasses.replace(up, url=value)
-            else:
-                listen = dataclasses.replace(listen, **{flag[2:]: value})
+    issues: list[str] = []
+    host = _flag("--host", host, _str, issues)
+    port = _flag("--port", port, _int(0, 65535), issues)
+    upstream = _flag("--upstream", upstream, _upstream_url, issues)
     if issues:
         raise ConfigError(issues)
+    listen, up = config.listen, config.upstream
+    if host is not None:
+        listen = dataclasses.replace(listen, host=host)
+    if port is not None:
+        listen = dataclasses.replace(listen, port=port)
+    if upstream is not None:
+        up = dataclasses.replace(up, url=upstream)
     return dataclasses.replace(config, listen=listen, upstream=up)
+
+
+def _flag(flag: str, value: object, check: Callable[[Any], _T], issues: list[str]) -> _T | None:
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except ValueError as exc:  # checked like the file's own value, so serve never binds a bad one
+        issues.append(f"{flag}: {exc}")
+        return None
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> str:
@@ -279,7 +287,7 @@ def _number(minimum: float = 0.0) -> Parser:
     return parse
 
 
-def _int(minimum: int, maximum: int) -> Parser:
+def _int(minimum: int, maximum: int) -> Callable[[Any], int]:
     def parse(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
             raise ValueError(f"expected a whole number from {minimum} to {maximum}, got {v!r}")
