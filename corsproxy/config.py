@@ -369,16 +369,26 @@ def _upstream_url(v: Any) -> str:
     return str(url).rstrip("/")
 
 
+class _BadItems(Exception):
+    """Every bad item of a list, from :func:`_items`. Not an ExceptionGroup, whose members may be nested
+    groups rather than IndexedError; not a ValueError, so that only :meth:`_Reader.field` catches it."""
+
+    def __init__(self, errors: list[IndexedError]) -> None:
+        super().__init__("bad list items")
+        self.errors = errors
+
+
 def _items(v: list[Any], check: Parser) -> tuple[Any, ...]:
     """Check every item of a list; the bad ones are raised together, so all are reported at once."""
-    out, bad = [], []
+    out: list[Any] = []
+    bad: list[IndexedError] = []
     for i, item in enumerate(v):
         try:
             out.append(check(item))
         except ValueError as exc:
             bad.append(IndexedError(i, str(exc)))
     if bad:
-        raise ExceptionGroup("bad list items", bad)
+        raise _BadItems(bad)
     return tuple(out)
 
 
@@ -667,8 +677,8 @@ class _Reader:
     def field(self, spec: _Field, value: Any, path: str) -> Any:
         try:
             return spec.parse(value)
-        except ExceptionGroup as group:  # from _items: every bad item of a list
-            for item in group.exceptions:
+        except _BadItems as bad:
+            for item in bad.errors:
                 self.error(f"{path}[{item.index}]", str(item))
         except ValueError as exc:
             self.error(path, str(exc))
