@@ -525,7 +525,8 @@ class _Reader:
     def __init__(self, source: str, env: Mapping[str, str]) -> None:
         self.source = source
         self.env = env
-        self.issues: list[tuple[tuple[int, int], str]] = []  # (line, column), text: sorted when raised
+        # (line, column), text: sorted when raised; an origin file's issue adds its own line and column
+        self.issues: list[tuple[tuple[int, ...], str]] = []
         self.marks: dict[str, tuple[int, int]] = {}
         self._failed: set[str] = set()
         self._open: set[int] = set()  # ids of the lists and mappings being read, to stop alias loops
@@ -570,6 +571,7 @@ class _Reader:
                 return self.collection(node, path)
             finally:
                 self._open.discard(id(node))
+        assert isinstance(node, yaml.ScalarNode)  # yaml.compose makes no other kind of node
         return self.scalar(node, path)
 
     def scalar(self, node: yaml.ScalarNode, path: str) -> Any:
@@ -605,7 +607,8 @@ class _Reader:
         earlier merge sources over later ones (yaml.org/type/merge)."""
         if not any(key.tag == _MERGE_TAG for key, _ in node.value):
             return node.value
-        own, sources = [], []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        sources: list[yaml.MappingNode] = []
         for key, value in node.value:
             if key.tag != _MERGE_TAG:
                 own.append((key, value))
@@ -696,26 +699,25 @@ class _Reader:
         if "upstream" not in data:
             self.error("upstream", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000} "
                                    "(or pass --upstream URL)")
-        parts = {
-            "listen": self.listen(data.get("listen")),
-            "upstream": self.section(data.get("upstream"), "upstream", _UPSTREAM) if "upstream" in data else None,
-            "limits": self.section(data.get("limits"), "limits", _LIMITS),
-            "admin": self.admin(data),
-            "logging": self.section(data.get("logging"), "logging", _LOGGING),
-            "debug": self.section(data.get("debug"), "debug", _DEBUG),
-            "rules": self.rules(data),
-        }
-        self.check_ports(parts["listen"], parts["admin"])
-        if self.issues:
+        listen = self.listen(data.get("listen"))
+        upstream = self.section(data.get("upstream"), "upstream", _UPSTREAM) if "upstream" in data else None
+        limits = self.section(data.get("limits"), "limits", _LIMITS)
+        admin = self.admin(data)
+        log = self.section(data.get("logging"), "logging", _LOGGING)
+        debug = self.section(data.get("debug"), "debug", _DEBUG)
+        rules = self.rules(data)
+        self.check_ports(listen, admin)
+        # A None section was reported, so self.issues covers it; spelled out to narrow the types.
+        if self.issues or listen is None or upstream is None or limits is None or log is None or debug is None:
             return None
         return Config(
-            listen=ListenConfig(**parts["listen"]),
-            upstream=UpstreamConfig(**parts["upstream"]),
-            limits=LimitsConfig(**parts["limits"]),
-            admin=AdminConfig(**parts["admin"]) if parts["admin"] is not None else None,
-            logging=LoggingConfig(**parts["logging"]),
-            debug=DebugConfig(**parts["debug"]),
-            rules=parts["rules"],
+            listen=ListenConfig(**listen),
+            upstream=UpstreamConfig(**upstream),
+            limits=LimitsConfig(**limits),
+            admin=AdminConfig(**admin) if admin is not None else None,
+            logging=LoggingConfig(**log),
+            debug=DebugConfig(**debug),
+            rules=rules,
             source=self.source,
             marks=self.marks,
         )
@@ -782,7 +784,8 @@ class _Reader:
         if out["allow_methods"] == ():
             self.error(f"{path}.allow_methods", _EMPTY_HINTS["allow_methods"])
         paths = self.paths(out["paths"], f"{path}.paths")
-        origins_raw, origin_set = out["allow_origins"] if out["allow_origins"] is not _BAD else (None, None)
+        # () stands in only where origin_set is None, and then no Rule is built
+        origins_raw, origin_set = out["allow_origins"] if out["allow_origins"] is not _BAD else ((), None)
         if origin_set is not None and origin_set.allow_all and out["allow_credentials"] is True:
             where = next((f"{path}.{k}" for k in ("allow_credentials", "allow_origins") if k in (data or {})),
                          "defaults.allow_credentials")  # both inherited: one message, at the defaults
