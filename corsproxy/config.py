@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from yarl import URL
@@ -39,6 +39,7 @@ UpstreamCors = Literal["replace", "keep"]
 DeniedPreflight = Literal["reject", "forward"]
 ResourcePolicy = Literal["same-site", "same-origin", "cross-origin"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_T = TypeVar("_T")
 
 DEFAULT_CONFIG_PATH = "config.yaml"
 # Read once at start (the listeners): a reload that changes them waits for a restart (README "Reload").
@@ -235,23 +236,30 @@ def _stand_in(data: dict[str, Any], upstream: str) -> None:
 def with_overrides(config: Config, *, host: str | None = None, port: int | None = None,
                    upstream: str | None = None) -> Config:
     """Apply command-line flags (which win over the file)."""
-    listen, up, issues = config.listen, config.upstream, []
-    for flag, value, check in (("--host", host, _str), ("--port", port, _int(0, 65535)),
-                               ("--upstream", upstream, _upstream_url)):
-        if value is None:
-            continue
-        try:
-            value = check(value)
-        except ValueError as exc:  # checked like the file's own value, so serve never binds a bad one
-            issues.append(f"{flag}: {exc}")
-        else:
-            if flag == "--upstream":
-                up = dataclasses.replace(up, url=value)
-            else:
-                listen = dataclasses.replace(listen, **{flag[2:]: value})
+    issues: list[str] = []
+    host = _flag("--host", host, _str, issues)
+    port = _flag("--port", port, _int(0, 65535), issues)
+    upstream = _flag("--upstream", upstream, _upstream_url, issues)
     if issues:
         raise ConfigError(issues)
+    listen, up = config.listen, config.upstream
+    if host is not None:
+        listen = dataclasses.replace(listen, host=host)
+    if port is not None:
+        listen = dataclasses.replace(listen, port=port)
+    if upstream is not None:
+        up = dataclasses.replace(up, url=upstream)
     return dataclasses.replace(config, listen=listen, upstream=up)
+
+
+def _flag(flag: str, value: object, check: Callable[[Any], _T], issues: list[str]) -> _T | None:
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except ValueError as exc:  # checked like the file's own value, so serve never binds a bad one
+        issues.append(f"{flag}: {exc}")
+        return None
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> str:
@@ -279,7 +287,7 @@ def _number(minimum: float = 0.0) -> Parser:
     return parse
 
 
-def _int(minimum: int, maximum: int) -> Parser:
+def _int(minimum: int, maximum: int) -> Callable[[Any], int]:
     def parse(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
             raise ValueError(f"expected a whole number from {minimum} to {maximum}, got {v!r}")
@@ -361,16 +369,26 @@ def _upstream_url(v: Any) -> str:
     return str(url).rstrip("/")
 
 
+class _BadItems(Exception):
+    """Every bad item of a list, from :func:`_items`. Not an ExceptionGroup, whose members may be nested
+    groups rather than IndexedError; not a ValueError, so that only :meth:`_Reader.field` catches it."""
+
+    def __init__(self, errors: list[IndexedError]) -> None:
+        super().__init__("bad list items")
+        self.errors = errors
+
+
 def _items(v: list[Any], check: Parser) -> tuple[Any, ...]:
     """Check every item of a list; the bad ones are raised together, so all are reported at once."""
-    out, bad = [], []
+    out: list[Any] = []
+    bad: list[IndexedError] = []
     for i, item in enumerate(v):
         try:
             out.append(check(item))
         except ValueError as exc:
             bad.append(IndexedError(i, str(exc)))
     if bad:
-        raise ExceptionGroup("bad list items", bad)
+        raise _BadItems(bad)
     return tuple(out)
 
 
@@ -507,7 +525,8 @@ class _Reader:
     def __init__(self, source: str, env: Mapping[str, str]) -> None:
         self.source = source
         self.env = env
-        self.issues: list[tuple[tuple[int, int], str]] = []  # (line, column), text: sorted when raised
+        # (line, column), text: sorted when raised; an origin file's issue adds its own line and column
+        self.issues: list[tuple[tuple[int, ...], str]] = []
         self.marks: dict[str, tuple[int, int]] = {}
         self._failed: set[str] = set()
         self._open: set[int] = set()  # ids of the lists and mappings being read, to stop alias loops
@@ -552,6 +571,7 @@ class _Reader:
                 return self.collection(node, path)
             finally:
                 self._open.discard(id(node))
+        assert isinstance(node, yaml.ScalarNode)  # yaml.compose makes no other kind of node
         return self.scalar(node, path)
 
     def scalar(self, node: yaml.ScalarNode, path: str) -> Any:
@@ -587,7 +607,8 @@ class _Reader:
         earlier merge sources over later ones (yaml.org/type/merge)."""
         if not any(key.tag == _MERGE_TAG for key, _ in node.value):
             return node.value
-        own, sources = [], []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        sources: list[yaml.MappingNode] = []
         for key, value in node.value:
             if key.tag != _MERGE_TAG:
                 own.append((key, value))
@@ -659,8 +680,8 @@ class _Reader:
     def field(self, spec: _Field, value: Any, path: str) -> Any:
         try:
             return spec.parse(value)
-        except ExceptionGroup as group:  # from _items: every bad item of a list
-            for item in group.exceptions:
+        except _BadItems as bad:
+            for item in bad.errors:
                 self.error(f"{path}[{item.index}]", str(item))
         except ValueError as exc:
             self.error(path, str(exc))
@@ -678,26 +699,25 @@ class _Reader:
         if "upstream" not in data:
             self.error("upstream", "'upstream' is required: add upstream: {url: http://127.0.0.1:9000} "
                                    "(or pass --upstream URL)")
-        parts = {
-            "listen": self.listen(data.get("listen")),
-            "upstream": self.section(data.get("upstream"), "upstream", _UPSTREAM) if "upstream" in data else None,
-            "limits": self.section(data.get("limits"), "limits", _LIMITS),
-            "admin": self.admin(data),
-            "logging": self.section(data.get("logging"), "logging", _LOGGING),
-            "debug": self.section(data.get("debug"), "debug", _DEBUG),
-            "rules": self.rules(data),
-        }
-        self.check_ports(parts["listen"], parts["admin"])
-        if self.issues:
+        listen = self.listen(data.get("listen"))
+        upstream = self.section(data.get("upstream"), "upstream", _UPSTREAM) if "upstream" in data else None
+        limits = self.section(data.get("limits"), "limits", _LIMITS)
+        admin = self.admin(data)
+        log = self.section(data.get("logging"), "logging", _LOGGING)
+        debug = self.section(data.get("debug"), "debug", _DEBUG)
+        rules = self.rules(data)
+        self.check_ports(listen, admin)
+        # A None section was reported, so self.issues covers it; spelled out to narrow the types.
+        if self.issues or listen is None or upstream is None or limits is None or log is None or debug is None:
             return None
         return Config(
-            listen=ListenConfig(**parts["listen"]),
-            upstream=UpstreamConfig(**parts["upstream"]),
-            limits=LimitsConfig(**parts["limits"]),
-            admin=AdminConfig(**parts["admin"]) if parts["admin"] is not None else None,
-            logging=LoggingConfig(**parts["logging"]),
-            debug=DebugConfig(**parts["debug"]),
-            rules=parts["rules"],
+            listen=ListenConfig(**listen),
+            upstream=UpstreamConfig(**upstream),
+            limits=LimitsConfig(**limits),
+            admin=AdminConfig(**admin) if admin is not None else None,
+            logging=LoggingConfig(**log),
+            debug=DebugConfig(**debug),
+            rules=rules,
             source=self.source,
             marks=self.marks,
         )
@@ -764,7 +784,8 @@ class _Reader:
         if out["allow_methods"] == ():
             self.error(f"{path}.allow_methods", _EMPTY_HINTS["allow_methods"])
         paths = self.paths(out["paths"], f"{path}.paths")
-        origins_raw, origin_set = out["allow_origins"] if out["allow_origins"] is not _BAD else (None, None)
+        # () stands in only where origin_set is None, and then no Rule is built
+        origins_raw, origin_set = out["allow_origins"] if out["allow_origins"] is not _BAD else ((), None)
         if origin_set is not None and origin_set.allow_all and out["allow_credentials"] is True:
             where = next((f"{path}.{k}" for k in ("allow_credentials", "allow_origins") if k in (data or {})),
                          "defaults.allow_credentials")  # both inherited: one message, at the defaults
