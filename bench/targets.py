@@ -4,6 +4,7 @@
     .venv/bin/python bench/targets.py                    # 3 interleaved rounds, every peer
     .venv/bin/python bench/targets.py --repeat 1 --duration 3
     .venv/bin/python bench/targets.py --report bench/last.json   # table of an earlier run
+    .venv/bin/python bench/targets.py --before /work/old/.venv/bin/python   # and an older build, same run
 
 It runs ``../shared/bench/run`` (nginx, Caddy, cors-anywhere, the bare upstream and corsproxy
 with 1 and 2 workers, one process each, interleaved rounds; its README says how) and then
@@ -22,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT.parent / "shared" / "bench" / "run"
-ONE, TWO = "corsproxy", "corsproxy-w2"
+ONE, TWO, BEFORE = "corsproxy", "corsproxy-w2", "before"
 
 # (scenario, metric, peer, minimum corsproxy / peer ratio); req/s: higher is better
 TARGETS = [
@@ -39,6 +40,9 @@ def run_harness(args: argparse.Namespace, out: Path) -> None:
            "--node-path", args.node_path, "--out", str(out),
            "--proxy-cmd", f"{py} -m corsproxy serve -c {{config}}", "--proxy-label", ONE,
            "--proxy-cmd", f"{py} -m corsproxy serve -c {{config}} --workers 2", "--proxy-label", TWO]
+    if args.before:  # PYTHONSAFEPATH: this checkout must not shadow the older build's install
+        cmd += ["--proxy-cmd", f"PYTHONSAFEPATH=1 {args.before} -m corsproxy serve -c {{config}}",
+                "--proxy-label", BEFORE]
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
@@ -70,7 +74,19 @@ def report(data: dict) -> int:
     if w1 and w2:
         print(f"{'--workers 2 vs 1':25s} GET 1 KiB {w2 / w1:.2f}x (wrk and the upstream share the 2 cores)")
     print(f"\n{missed} target(s) missed; policy decision alone: .venv/bin/python bench/policy_micro.py")
+    if any(BEFORE in row["values"] for row in table):
+        compare(table)
     return 0
+
+
+def compare(table: list[dict]) -> None:
+    """This build beside the older one measured in the same run (``--before``), scenario by scenario."""
+    print("\nthis build ÷ before, req/s (single process each, same rounds):\n")
+    for scenario in ("preflight", "get-small", "get-large", "post-64k"):
+        ours, old = cell(table, scenario, "req/s", ONE), cell(table, scenario, "req/s", BEFORE)
+        if ours and old:
+            worse = "  more than 5 % worse" if ours / old < 0.95 else ""
+            print(f"{scenario:10s} {ours:9.0f} vs {old:9.0f}  {ours / old:.3f}{worse}")
 
 
 def main() -> int:
@@ -80,6 +96,8 @@ def main() -> int:
     parser.add_argument("--node-path", default="/tmp/bench-deps/node_modules")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "last.json")
     parser.add_argument("--report", type=Path, help="print the table of an earlier --out without measuring")
+    parser.add_argument("--before", metavar="PYTHON",
+                        help="also run an older build (the interpreter of a venv it is installed in), labelled before")
     args = parser.parse_args()
     if args.report is None:
         run_harness(args, args.out)

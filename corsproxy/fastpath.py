@@ -290,22 +290,20 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
 class Wire:
     """:class:`exchange.Responder` writing the response's bytes to the connection itself."""
 
-    __slots__ = ("app", "handler", "request", "chunked")
+    __slots__ = ("app", "handler", "request", "transport", "chunked")
 
     def __init__(self, app: web.Application, handler: FastHandler, request: Message) -> None:
         self.app, self.handler, self.request = app, handler, request
+        # Kept, as aiohttp's StreamWriter keeps it: a write after the client went away fails in drain().
+        self.transport: asyncio.Transport | None = handler.transport  # type: ignore[assignment]
         self.chunked = False
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self.handler.transport  # type: ignore[return-value]
 
     async def send(self, made: Answer, method: str) -> None:
         head = _made_head(made) + b"\r\n"
         if self.app[TAPS_KEY]:
             _tap(self.app, method, self.request.raw_path, self.request.headers, head)
-        if (transport := self.handler.transport) is not None:
-            transport.write(head + (b"" if method == "HEAD" else made.body))  # HEAD: the length, no body
+        if self.transport is not None:
+            self.transport.write(head + (b"" if method == "HEAD" else made.body))  # HEAD: the length, no body
 
     async def start(self, status: int, reason: str, headers: CIMultiDict[str], *, whole: bytes | None,
                     bodiless: bool, flush: bool) -> None:
@@ -316,18 +314,18 @@ class Wire:
         head = _head(status, reason, headers, b"") + b"\r\n"
         if self.app[TAPS_KEY]:
             _tap(self.app, self.request.method, self.request.raw_path, self.request.headers, head)
-        if (transport := self.handler.transport) is not None:  # (a head not flushed leaves at once all the same)
-            transport.write(head if whole is None else head + whole)
+        if self.transport is not None:  # (a head not flushed leaves at once all the same)
+            self.transport.write(head if whole is None else head + whole)
 
     async def write(self, chunk: bytes) -> None:
-        if (transport := self.handler.transport) is None:
+        if self.transport is None:
             raise ConnectionResetError("the client connection is closed")
-        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked else chunk)
+        self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked else chunk)
         await self.handler.drain()
 
     async def finish(self) -> None:
-        if self.chunked and (transport := self.handler.transport) is not None:
-            transport.write(b"0\r\n\r\n")
+        if self.chunked and self.transport is not None:
+            self.transport.write(b"0\r\n\r\n")
 
 
 def _made_head(made: Answer, *, date: bool = True) -> bytes:
