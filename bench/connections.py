@@ -157,6 +157,7 @@ class Bench:
     rundir: Path
     upstream_port: int
     nginx_changes: list[str] = field(default_factory=list)
+    corsproxy_changes: list[str] = field(default_factory=list)
 
     def targets(self) -> list[str]:
         names = []
@@ -168,9 +169,9 @@ class Bench:
         return [*names, "corsproxy"]
 
     @contextlib.contextmanager
-    def start(self, name: str) -> Iterator[Running]:
+    def start(self, name: str, pool: int | None = None) -> Iterator[Running]:
         if name == "corsproxy":
-            with self._corsproxy() as running:
+            with self._corsproxy(pool) as running:
                 yield running
             return
         ns = argparse.Namespace(targets=name, peer_cpus=1, node_path=None, proxy_cmd=[], proxy_label=[])
@@ -186,11 +187,15 @@ class Bench:
             proc.stop()
 
     @contextlib.contextmanager
-    def _corsproxy(self) -> Iterator[Running]:
+    def _corsproxy(self, pool: int | None) -> Iterator[Running]:
         from corsproxy.testing import free_port, serve_process
         port = free_port()
         text = (SHARED / "corsproxy.yaml.tmpl").read_text()
         text = text.replace("@PORT@", str(port)).replace("@UPSTREAM_PORT@", str(self.upstream_port))
+        if pool is not None:  # upstream.max_connections bounds the WebSockets open at once too (proxy.ws_session)
+            text = text.replace("  url: http://", f"  max_connections: {pool}\n  url: http://", 1)
+            self.corsproxy_changes = [f"upstream.max_connections: {pool} in the WebSocket phase (it bounds the "
+                                      "WebSockets open at once; the default 100 answers the 101st with 504)"]
         folder = Path(tempfile.mkdtemp(dir=self.rundir, prefix="corsproxy-"))
         with serve_process(text, folder, port, timeout=20) as proc:
             yield Running("corsproxy", port, proc.pid, proc.stop)
@@ -246,7 +251,17 @@ async def gather_bounded(factories: list[Callable[[], Awaitable[Any]]], at_once:
         async with sem:
             return await make()
 
-    return await asyncio.gather(*(one(f) for f in factories))
+    return await asyncio.gather(*(one(f) for f in factories), return_exceptions=True)
+
+
+def opened(results: list[Any], into: dict[str, Any]) -> list[Any]:
+    """The ones that opened; how many did not, and the first error, go into ``into``."""
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        into["failed_to_open"] = len(failed)
+        into["first_error"] = f"{type(failed[0]).__name__}: {failed[0]}"
+        log(f"  {len(failed)} failed to open; first: {into['first_error']}")
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 async def settle(target: Running, seconds: float) -> int:
@@ -267,15 +282,17 @@ async def idle_phase(bench: Bench, target: Running) -> dict[str, Any]:
         return reader, writer
 
     started = time.monotonic()
-    conns = await gather_bounded([open_one] * n)
+    result: dict[str, Any] = {}
+    conns = opened(await gather_bounded([open_one] * n), result)
     opened_s = time.monotonic() - started
     after = await settle(target, 2.0)
     sample = conns[:: max(1, n // 50)]
     answers = await asyncio.gather(*(_ask(r, w) for r, w in sample))
     for _, writer in conns:
         writer.close()
-    return {"connections": n, "rss_before_kib": before, "rss_after_kib": after, "open_s": round(opened_s, 2),
-            "kib_per_conn": (after - before) / n, "sample_still_open": sum(answers), "sample": len(sample)}
+    return {**result, "connections": len(conns), "rss_before_kib": before, "rss_after_kib": after,
+            "open_s": round(opened_s, 2), "kib_per_conn": (after - before) / len(conns),
+            "sample_still_open": sum(answers), "sample": len(sample)}
 
 
 async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -310,7 +327,9 @@ async def ws_phase(bench: Bench, target: Running) -> dict[str, Any]:
         async def open_one() -> aiohttp.ClientWebSocketResponse:
             return await asyncio.wait_for(session.ws_connect(url, headers={"Origin": ORIGIN}, autoping=True), 30)
 
-        socks = await gather_bounded([open_one] * n)
+        result: dict[str, Any] = {}
+        socks = opened(await gather_bounded([open_one] * n), result)
+        n = len(socks)
         echoes = [0]
         deadline = time.monotonic() + hold
 
@@ -329,7 +348,8 @@ async def ws_phase(bench: Bench, target: Running) -> dict[str, Any]:
         after = target.rss_kib()
         open_at_end = sum(not s.closed for s in socks)
         await asyncio.gather(*(s.close() for s in socks))
-    return {"websockets": n, "rss_before_kib": before, "rss_after_kib": after, "kib_per_pair": (after - before) / n,
+    return {**result, "websockets": n, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_pair": (after - before) / n,
             "echoes": echoes[0], "open_at_end": open_at_end, "hold_s": hold, "interval_s": interval,
             "cpu_s": round(cpu, 3)}
 
@@ -357,7 +377,9 @@ async def sse_phase(bench: Bench, target: Running) -> dict[str, Any]:
             events[0] += chunk.count(b"data: tick")
 
     readers: list[asyncio.Future[None]] = []
-    writers = await gather_bounded([open_one] * n)
+    result: dict[str, Any] = {}
+    writers = opened(await gather_bounded([open_one] * n), result)
+    n = len(writers)
     await asyncio.sleep(2.0)  # every stream has had its first events
     cpu0, events0, rss0 = target.cpu_s(), events[0], target.rss_kib()
     await asyncio.sleep(hold)
@@ -368,7 +390,7 @@ async def sse_phase(bench: Bench, target: Running) -> dict[str, Any]:
     for fut in readers:
         fut.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
-    return {"streams": n, "rss_before_kib": before, "rss_open_kib": rss0, "rss_after_kib": after,
+    return {**result, "streams": n, "rss_before_kib": before, "rss_open_kib": rss0, "rss_after_kib": after,
             "kib_per_stream": (after - before) / n, "cpu_s": round(cpu, 3), "events": got, "hold_s": hold,
             "cpu_us_per_stream_s": cpu * 1e6 / n / hold, "cpu_us_per_event": cpu * 1e6 / got if got else None}
 
@@ -431,7 +453,8 @@ def origins_phase(quick: bool) -> dict[str, Any]:
 
 async def run_async_phase(bench: Bench, name: str, phase: Callable[[Bench, Running], Awaitable[dict[str, Any]]],
                           timeout: float) -> dict[str, Any]:
-    with bench.start(name) as target:
+    pool = bench.args.ws + 100 if phase is ws_phase else None
+    with bench.start(name, pool) as target:
         rest = target.rss_kib()
         result = await asyncio.wait_for(phase(bench, target), timeout)
         result["resting_rss_kib"] = rest
@@ -439,6 +462,7 @@ async def run_async_phase(bench: Bench, name: str, phase: Callable[[Bench, Runni
 
 
 async def measure(bench: Bench) -> dict[str, Any]:
+    import aiohttp
     args = bench.args
     results: dict[str, Any] = {name: {} for name in bench.targets()}
     phases: list[tuple[str, Callable[[Bench, Running], Awaitable[dict[str, Any]]], float]] = [
@@ -450,7 +474,8 @@ async def measure(bench: Bench) -> dict[str, Any]:
             log(f"{key}: {name} ...")
             try:
                 results[name][key] = await run_async_phase(bench, name, phase, timeout)
-            except (OSError, RuntimeError, AssertionError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            except (OSError, RuntimeError, AssertionError, TimeoutError, asyncio.IncompleteReadError,
+                    aiohttp.ClientError) as exc:
                 log(f"{key}: {name} failed: {type(exc).__name__}: {exc}")
                 results[name][key] = {"failed": f"{type(exc).__name__}: {exc}"}
     if "wrk" not in args.skip and shutil.which("wrk"):
@@ -546,7 +571,7 @@ def print_table(results: dict[str, Any], args: argparse.Namespace, changes: list
     print(f"\nWebSockets: a message every {args.ws_interval:g} s each, held {args.ws_hold:g} s "
           "(the issue's pace is one a minute: --ws-interval 60)")
     if changes:
-        print("nginx config changed from the shared template: " + "; ".join(changes))
+        print("configs changed from the shared templates: " + "; ".join(changes))
     print("nginx: 1 worker; caddy: GOMAXPROCS=1; corsproxy: one process, uvloop when installed")
 
 
@@ -602,7 +627,7 @@ def main() -> int:
     finally:
         upstream.stop()
         shutil.rmtree(rundir, ignore_errors=True)
-    print_table(results, args, bench.nginx_changes)
+    print_table(results, args, bench.nginx_changes + bench.corsproxy_changes)
     if args.out:
         args.out.write_text(json.dumps({"settings": {k: (sorted(v) if isinstance(v, set) else str(v)
                                                          if isinstance(v, Path) else v)
