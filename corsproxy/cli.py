@@ -159,8 +159,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config()
     setup(config.logging.level, config.logging.format)
+    limits = startup.raise_nofile()  # (a worker inherits its supervisor's)
     if not os.environ.get(WORKER_DIR_ENV):  # a worker's supervisor checked already (and its siblings share the port)
         log = logging.getLogger("corsproxy")
+        log.info("%s", limits)
         if problems := startup.port_problems(config):
             for refused in problems:
                 log.error("cannot start: %s", refused)

@@ -46,7 +46,7 @@ from .app import build_app, reload
 from .config import RESTART_ONLY, Config, ConfigError
 from .decisions import DecisionLog
 from .fastpath import FastHandler, fast_answerer
-from .guard import GuardedHandler, GuardedRunner
+from .guard import FD_SPARE, Descriptors, GuardedHandler, GuardedRunner
 from .metrics import ConfigState, Metrics, multiprocess_registry
 from .proxy import LIVE_KEY
 
@@ -80,9 +80,12 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     any, came with the head) are answered at the connection (fastpath.py), which skips aiohttp's
     request and response objects and so ``on_response_prepare`` hooks (``proxy.TAPS_KEY`` sees those
     answers). Off only in tests, to run them on aiohttp's path too.
+    descriptors: the upstream pool's connections stay possible when clients use up RLIMIT_NOFILE
+    (guard.Descriptors).
     """
     handler, kwargs = (FastHandler, {"fast_answer": fast_answerer(app)}) if fast_preflights else (GuardedHandler, {})
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
+                         descriptors=Descriptors(config.upstream.max_connections + FD_SPARE),
                          shutdown_timeout=config.listen.drain_timeout,
                          header_timeout=config.limits.header_timeout, body_timeout=config.limits.body_timeout,
                          min_data_rate=config.limits.min_data_rate, handler=handler, handler_kwargs=kwargs)
@@ -290,6 +293,8 @@ class Server:
         config = self.config()
         self._signals()
         runner = self.proxy_runner = make_runner(self.app, config)
+        # accept() failing with EMFILE: one line a minute, not a traceback a second
+        runner.descriptors.watch_accept(asyncio.get_running_loop())
         await runner.setup()
         self.runners.append(runner)
         # SO_REUSEPORT only for workers: a second copy started by mistake must fail, not share the port.
