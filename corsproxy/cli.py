@@ -159,16 +159,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config()
     setup(config.logging.level, config.logging.format)
-    limits = startup.raise_nofile()  # (a worker inherits its supervisor's)
     if not os.environ.get(WORKER_DIR_ENV):  # a worker's supervisor checked already (and its siblings share the port)
         log = logging.getLogger("corsproxy")
-        log.info("%s", limits)
         if problems := startup.port_problems(config):
             for refused in problems:
                 log.error("cannot start: %s", refused)
             return EXIT_STARTUP
         if (problem := startup.upstream_problem(config)) is not None:
             log.warning("%s; serving anyway: requests get 502 and /readyz says 503 until it does", problem)
+        log.info("%s", startup.raise_nofile())  # (a worker inherits its supervisor's)
     argv = worker_argv(args.config or default_config_path(), host=args.host, port=args.port, upstream=args.upstream)
     return run(config, load_config, workers=args.workers, worker_argv=argv)
 

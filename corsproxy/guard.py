@@ -69,7 +69,8 @@ RESPONSE_BUFFER = 2**20
 TCP_INFO_SIZE = 128  # struct tcp_info up to tcpi_bytes_acked (u64 at offset 120, Linux >= 4.1)
 # File descriptors (RLIMIT_NOFILE): a client connection is refused (503) when it would leave fewer than its
 # server's reserve free, so the upstream pool (upstream.max_connections, server.make_runner) can still open its
-# connections and the open client connections keep being answered; the reserve is at most half the limit.
+# connections (three descriptors each: its socket and a splice pipe) and the open client connections keep being
+# answered; the reserve is at most half the limit.
 FD_SPARE = 16  # beyond the pool: the admin listener, a reload's files, the log
 FD_LOG_INTERVAL = 60.0  # seconds: at most one "out of file descriptors" line in this long
 ACCEPT_EMFILE = "socket.accept() out of system resource"  # asyncio's selector loop (selector_events.py)
@@ -84,11 +85,12 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
                  "_head_bytes", "_rx", "_rx_mark", "_after_chunked", "_min_rate", "_body_active", "_body_tick",
-                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task")
+                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task", "_started", "_descriptors")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
-                 min_data_rate: float | None = None, **kwargs: Any) -> None:
+                 min_data_rate: float | None = None, descriptors: Descriptors | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._descriptors = descriptors
         self._min_rate = min_data_rate
         # Over each MIN_RATE_GRACE seconds a body is read (not paused by us): seconds so far, last look, bytes before.
         self._body_active = self._body_tick = 0.0
@@ -106,11 +108,11 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._head_bytes = 0
         self._rx = self._rx_mark = 0  # bytes received; at most where the next request's head began
         self._after_chunked = False  # a chunked request came: nothing after it on this connection is served
+        self._started = False  # aiohttp's loop (start(), its task) has begun
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        descriptors: Descriptors | None = getattr(self._manager, "descriptors", None)
-        if descriptors is not None and not descriptors.admits(transport):
+        if self._descriptors is not None and not self._descriptors.admits(transport):
             self._send_and_close(b"503 Service Unavailable", "out of file descriptors; retry later")
             return
         # A connection that never completes a request head gets header_timeout, not the
@@ -136,7 +138,10 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._rx = start + len(data)
         before = len(self._messages)
         waiter = self._waiter
-        waiting = waiter is not None and not waiter.done()
+        # (aiohttp's loop not started yet counts as waiting: on Python < 3.12 its task starts a loop turn after the
+        # connection, and the first request often comes in that turn: it would take aiohttp's slower path, and its
+        # request and response objects would stay referenced by that loop's frame for as long as the connection idles.)
+        waiting = waiter is not None and not waiter.done() or self._loop_not_started()
         # A response relayed outside aiohttp's loop is a request in progress; b"" is aiohttp re-parsing after a pause.
         idle = waiting and self._relay_task is None and bool(data)
         in_head = self._header_timer is not None or idle
@@ -170,6 +175,21 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._arm_header_timer()  # first bytes of the next keep-alive request
 
     answers_queue = False  # fastpath.FastHandler: it answers messages off the queue (see _received)
+
+    def _loop_not_started(self) -> bool:
+        return not self._started  # (its task is made in connection_made, before any data_received)
+
+    async def start(self) -> None:
+        self._started = True
+        # Messages answered at the connection go first, in order: aiohttp's loop starts once none is being relayed
+        # (answers_queue's _answer_queue wakes it when a message is left for it, as it does the waiting loop).
+        while self._relay_task is not None and not self._force_close:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        await super().start()
 
     def _answer_queue(self) -> None:
         """Answer what can be of the messages just queued (fastpath.FastHandler)."""
@@ -505,10 +525,10 @@ class GuardedServer(web.Server):
                  handler: type[GuardedHandler] = GuardedHandler, handler_kwargs: dict[str, Any] | None = None,
                  descriptors: Descriptors | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.descriptors = descriptors
         self._handler = handler
         self._guard: dict[str, Any] = {"header_timeout": header_timeout, "body_timeout": body_timeout,
-                                       "min_data_rate": min_data_rate, **(handler_kwargs or {})}
+                                       "min_data_rate": min_data_rate, "descriptors": descriptors,
+                                       **(handler_kwargs or {})}
 
     def __call__(self) -> GuardedHandler:
         return self._handler(self, loop=self._loop, **self._guard, **self._kwargs)

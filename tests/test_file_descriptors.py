@@ -21,14 +21,14 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from corsproxy.guard import ACCEPT_EMFILE, FD_LOG_INTERVAL, Descriptors, GuardedRunner
+from corsproxy.guard import ACCEPT_EMFILE, FD_LOG_INTERVAL, FD_SPARE, Descriptors, GuardedRunner
 from corsproxy.testing import free_port, serve_process
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 
 GET = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 CLK = os.sysconf("SC_CLK_TCK")
-POOL = 2  # upstream.max_connections: the descriptors kept free are this + guard.FD_SPARE
+POOL = 2  # upstream.max_connections: the descriptors kept free are 3 x this + guard.FD_SPARE
 
 
 def config(port: int, upstream: str) -> str:
@@ -117,7 +117,7 @@ async def test_out_of_descriptors_refuses_new_connections_once_logged_and_serves
         sockets.append(keep)
         assert (await ask(keep)).startswith(b"HTTP/1.1 200")  # its upstream connection is in the pool now
         in_use = len(os.listdir(f"/proc/{proc.pid}/fd"))
-        limit = in_use + POOL + 16 + 8  # room for about 8 more client connections over the reserve
+        limit = in_use + 3 * POOL + FD_SPARE + 8  # room for about 8 more client connections over the reserve
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
 
         held: list[socket.socket] = []
