@@ -194,8 +194,9 @@ class Bench:
         text = text.replace("@PORT@", str(port)).replace("@UPSTREAM_PORT@", str(self.upstream_port))
         if pool is not None:  # upstream.max_connections bounds the WebSockets open at once too (proxy.ws_session)
             text = text.replace("  url: http://", f"  max_connections: {pool}\n  url: http://", 1)
-            self.corsproxy_changes = [f"upstream.max_connections: {pool} in the WebSocket phase (it bounds the "
-                                      "WebSockets open at once; the default 100 answers the 101st with 504)"]
+            self.corsproxy_changes = ["upstream.max_connections: streams + 100 in the WebSocket and SSE phases (an "
+                                      "open stream or WebSocket holds one; with the default 100 the 101st waits "
+                                      "for one until connect_timeout and gets 504)"]
         folder = Path(tempfile.mkdtemp(dir=self.rundir, prefix="corsproxy-"))
         with serve_process(text, folder, port, timeout=20) as proc:
             yield Running("corsproxy", port, proc.pid, proc.stop)
@@ -453,7 +454,7 @@ def origins_phase(quick: bool) -> dict[str, Any]:
 
 async def run_async_phase(bench: Bench, name: str, phase: Callable[[Bench, Running], Awaitable[dict[str, Any]]],
                           timeout: float) -> dict[str, Any]:
-    pool = bench.args.ws + 100 if phase is ws_phase else None
+    pool = bench.args.ws + 100 if phase is ws_phase else bench.args.sse + 100 if phase is sse_phase else None
     with bench.start(name, pool) as target:
         rest = target.rss_kib()
         result = await asyncio.wait_for(phase(bench, target), timeout)
