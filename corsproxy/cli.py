@@ -167,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_STARTUP
         if (problem := startup.upstream_problem(config)) is not None:
             log.warning("%s; serving anyway: requests get 502 and /readyz says 503 until it does", problem)
+        log.info("%s", startup.raise_nofile())  # (a worker inherits its supervisor's)
     argv = worker_argv(args.config or default_config_path(), host=args.host, port=args.port, upstream=args.upstream)
     return run(config, load_config, workers=args.workers, worker_argv=argv)
 

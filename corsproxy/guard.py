@@ -33,10 +33,14 @@ tests/test_internals.py and tests/reliability/test_socket_input.py pin them on e
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import resource
 import socket
 import struct
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web, web_protocol
@@ -63,6 +67,13 @@ RATE_TICK = 1.0
 # connection goes back to the pool, whatever the client's (nginx proxy_buffering, in memory only).
 RESPONSE_BUFFER = 2**20
 TCP_INFO_SIZE = 128  # struct tcp_info up to tcpi_bytes_acked (u64 at offset 120, Linux >= 4.1)
+# File descriptors (RLIMIT_NOFILE): a client connection is refused (503) when it would leave fewer than its
+# server's reserve free, so the upstream pool (upstream.max_connections, server.make_runner) can still open its
+# connections (three descriptors each: its socket and a splice pipe) and the open client connections keep being
+# answered; the reserve is at most half the limit.
+FD_SPARE = 16  # beyond the pool: the admin listener, a reload's files, the log
+FD_LOG_INTERVAL = 60.0  # seconds: at most one "out of file descriptors" line in this long
+ACCEPT_EMFILE = "socket.accept() out of system resource"  # asyncio's selector loop (selector_events.py)
 CLOSING_RESPONSE = (
     b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
@@ -74,11 +85,12 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
                  "_head_bytes", "_rx", "_rx_mark", "_after_chunked", "_min_rate", "_body_active", "_body_tick",
-                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task")
+                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task", "_started", "_descriptors")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
-                 min_data_rate: float | None = None, **kwargs: Any) -> None:
+                 min_data_rate: float | None = None, descriptors: Descriptors | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._descriptors = descriptors
         self._min_rate = min_data_rate
         # Over each MIN_RATE_GRACE seconds a body is read (not paused by us): seconds so far, last look, bytes before.
         self._body_active = self._body_tick = 0.0
@@ -96,9 +108,13 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._head_bytes = 0
         self._rx = self._rx_mark = 0  # bytes received; at most where the next request's head began
         self._after_chunked = False  # a chunked request came: nothing after it on this connection is served
+        self._started = False  # aiohttp's loop (start(), its task) has begun
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._descriptors is not None and not self._descriptors.admits(transport):
+            self._send_and_close(b"503 Service Unavailable", "out of file descriptors; retry later")
+            return
         # A connection that never completes a request head gets header_timeout, not the
         # keep-alive timer's hour.
         self._arm_header_timer()
@@ -122,7 +138,10 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._rx = start + len(data)
         before = len(self._messages)
         waiter = self._waiter
-        waiting = waiter is not None and not waiter.done()
+        # (aiohttp's loop not started yet counts as waiting: on Python < 3.12 its task starts a loop turn after the
+        # connection, and the first request often comes in that turn: it would take aiohttp's slower path, and its
+        # request and response objects would stay referenced by that loop's frame for as long as the connection idles.)
+        waiting = waiter is not None and not waiter.done() or self._loop_not_started()
         # A response relayed outside aiohttp's loop is a request in progress; b"" is aiohttp re-parsing after a pause.
         idle = waiting and self._relay_task is None and bool(data)
         in_head = self._header_timer is not None or idle
@@ -156,6 +175,21 @@ class GuardedHandler(web_protocol.RequestHandler):
             self._arm_header_timer()  # first bytes of the next keep-alive request
 
     answers_queue = False  # fastpath.FastHandler: it answers messages off the queue (see _received)
+
+    def _loop_not_started(self) -> bool:
+        return not self._started  # (its task is made in connection_made, before any data_received)
+
+    async def start(self) -> None:
+        self._started = True
+        # Messages answered at the connection go first, in order: aiohttp's loop starts once none is being relayed
+        # (answers_queue's _answer_queue wakes it when a message is left for it, as it does the waiting loop).
+        while self._relay_task is not None and not self._force_close:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        await super().start()
 
     def _answer_queue(self) -> None:
         """Answer what can be of the messages just queued (fastpath.FastHandler)."""
@@ -360,6 +394,76 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._loop.call_later(LINGER, transport.close)
 
 
+def soft_nofile() -> int:
+    """The soft RLIMIT_NOFILE now (it may be changed from outside, ``prlimit --pid``)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Descriptors:
+    """What a listener does when file descriptors run out (its server's ``descriptors``).
+
+    A new connection whose descriptor leaves fewer than ``reserve`` free under the soft limit is answered ``503``
+    and closed (descriptors are numbered lowest-free first, so its number counts the ones in use): the upstream
+    pool keeps room to connect, and the open connections keep being answered. When ``accept()`` itself fails with
+    EMFILE — asyncio's selector loop then stops accepting for a second and retries (no busy loop), and reports
+    it to the loop's exception handler with a traceback each time — :meth:`watch_accept` makes it the same
+    line. Either is logged at most once a FD_LOG_INTERVAL, with how many happened since. (uvloop never reports an
+    EMFILE from accept: libuv accepts and closes the waiting connections on a descriptor it keeps for that, so
+    the refusal above is the only line it gets.)
+    """
+
+    def __init__(self, reserve: int = FD_SPARE, *, limit: Callable[[], int] = soft_nofile,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.reserve, self.limit, self.clock = reserve, limit, clock
+        self.refused = self.failed = 0  # since the last line
+        self._logged_at: float | None = None
+
+    def admits(self, transport: asyncio.BaseTransport) -> bool:
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        soft = self.limit()
+        free = soft - 1 - sock.fileno()
+        if free >= min(self.reserve, soft // 2):
+            return True
+        self.refused += 1
+        self._report(f"descriptor {sock.fileno()} of RLIMIT_NOFILE {soft}, {self.reserve} kept free for upstream "
+                     "connections")
+        return False
+
+    def accept_failed(self, exc: OSError) -> None:
+        self.failed += 1
+        self._report(f"accept() failed: {exc.strerror or exc}; RLIMIT_NOFILE {self.limit()}")
+
+    def _report(self, why: str) -> None:
+        now = self.clock()
+        if self._logged_at is not None and now - self._logged_at < FD_LOG_INTERVAL:
+            return
+        self._logged_at = now
+        log.error("out of file descriptors (%s): %d new connection(s) refused with 503, %d accept() failure(s) "
+                  "since the last report; open connections are still served. Raise the limit (LimitNOFILE=, docker "
+                  "run --ulimit nofile=N:N, ulimit -n) or run more replicas; next report in %.0fs at the earliest",
+                  why, self.refused, self.failed, FD_LOG_INTERVAL)
+        self.refused = self.failed = 0
+
+    def watch_accept(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make ``loop``'s exception handler take accept()'s EMFILE/ENFILE (:meth:`accept_failed`) and pass the
+        rest on (to the handler it had, else the loop's default one)."""
+        previous = loop.get_exception_handler()
+
+        def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if context.get("message") == ACCEPT_EMFILE and isinstance(exc, OSError) \
+                    and exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.accept_failed(exc)
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handle)
+
+
 def abort(transport: asyncio.Transport | None, *, reset: bool = False) -> None:
     """Break a client connection whose response cannot be finished (the status line is gone already: a broken
     connection is the only honest signal left). ``reset``: at once, with an RST, dropping what the kernel still
@@ -419,11 +523,12 @@ class GuardedServer(web.Server):
 
     def __init__(self, *args: Any, header_timeout: float, body_timeout: float, min_data_rate: float | None = None,
                  handler: type[GuardedHandler] = GuardedHandler, handler_kwargs: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 descriptors: Descriptors | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handler = handler
         self._guard: dict[str, Any] = {"header_timeout": header_timeout, "body_timeout": body_timeout,
-                                       "min_data_rate": min_data_rate, **(handler_kwargs or {})}
+                                       "min_data_rate": min_data_rate, "descriptors": descriptors,
+                                       **(handler_kwargs or {})}
 
     def __call__(self) -> GuardedHandler:
         return self._handler(self, loop=self._loop, **self._guard, **self._kwargs)
@@ -437,14 +542,16 @@ class GuardedRunner(web.AppRunner):
     """``web.AppRunner`` whose server makes :class:`GuardedHandler` connections.
 
     ``header_timeout``/``body_timeout`` are attributes so a test may shorten them before ``setup()``;
-    :meth:`set_timeouts` changes them for new connections after it.
+    :meth:`set_timeouts` changes them for new connections after it. ``descriptors``: what its listener does when
+    file descriptors run out (:class:`Descriptors`, with FD_SPARE kept free unless given).
     """
 
     def __init__(self, app: web.Application, *, header_timeout: float = HEADER_TIMEOUT,
                  body_timeout: float = BODY_TIMEOUT, min_data_rate: float | None = None,
                  handler: type[GuardedHandler] = GuardedHandler, handler_kwargs: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 descriptors: Descriptors | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
+        self.descriptors = descriptors if descriptors is not None else Descriptors()
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.min_data_rate = min_data_rate
@@ -461,4 +568,4 @@ class GuardedRunner(web.AppRunner):
                              handler_cancellation=plain.handler_cancellation, loop=plain._loop,
                              header_timeout=self.header_timeout, body_timeout=self.body_timeout,
                              min_data_rate=self.min_data_rate, handler=self.handler,
-                             handler_kwargs=self.handler_kwargs, **plain._kwargs)
+                             handler_kwargs=self.handler_kwargs, descriptors=self.descriptors, **plain._kwargs)

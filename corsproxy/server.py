@@ -47,7 +47,7 @@ from .config import RESTART_ONLY, Config, ConfigError
 from .decisions import DecisionLog
 from .exchange import LIVE_KEY
 from .fastpath import FastHandler, fast_answerer
-from .guard import GuardedHandler, GuardedRunner
+from .guard import FD_SPARE, Descriptors, GuardedHandler, GuardedRunner
 from .metrics import ConfigState, Metrics, multiprocess_registry
 
 log = logging.getLogger("corsproxy")
@@ -59,6 +59,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 RESTART_PAUSE = 1.0  # a worker that dies within this many seconds of starting is restarted after a pause
 EXIT_STARTUP = 3  # could not listen (uvicorn's STARTUP_FAILURE); a supervisor does not restart such a worker
 KILL_GRACE = 5.0  # seconds past drain_timeout the supervisor waits before killing a worker
+# Connections the kernel may hold for the listener before it accepts them (aiohttp's default, 128, overflows when
+# a thousand clients connect at once: their handshakes are retried a second or three later; nginx uses 511, Go
+# 4096). The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 Loader = Callable[[], Config]
 
@@ -80,9 +84,12 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     any, came with the head) are answered at the connection (fastpath.py), which skips aiohttp's
     request and response objects and so ``on_response_prepare`` hooks (``exchange.TAPS_KEY`` sees those
     answers). Off only in tests, to run them on aiohttp's path too.
+    descriptors: the upstream pool's connections stay possible when clients use up RLIMIT_NOFILE
+    (guard.Descriptors): three a pooled connection (its socket, and the pipe a splice keeps).
     """
     handler, kwargs = (FastHandler, {"fast_answer": fast_answerer(app)}) if fast_preflights else (GuardedHandler, {})
     return GuardedRunner(app, handler_cancellation=True, access_log=None,
+                         descriptors=Descriptors(3 * config.upstream.max_connections + FD_SPARE),
                          shutdown_timeout=config.listen.drain_timeout,
                          header_timeout=config.limits.header_timeout, body_timeout=config.limits.body_timeout,
                          min_data_rate=config.limits.min_data_rate, handler=handler, handler_kwargs=kwargs)
@@ -290,11 +297,13 @@ class Server:
         config = self.config()
         self._signals()
         runner = self.proxy_runner = make_runner(self.app, config)
+        # accept() failing with EMFILE: one line a minute, not a traceback a second
+        runner.descriptors.watch_accept(asyncio.get_running_loop())
         await runner.setup()
         self.runners.append(runner)
         # SO_REUSEPORT only for workers: a second copy started by mistake must fail, not share the port.
         await web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=server_ssl(config),
-                          reuse_port=self.worker_dir is not None).start()
+                          reuse_port=self.worker_dir is not None, backlog=LISTEN_BACKLOG).start()
         scheme = "https" if config.listen.tls else "http"
         log.info("%s pid %d listening on %s://%s:%s -> %s (event loop: %s)",
                  "worker" if self.worker_dir else "corsproxy", os.getpid(), scheme, config.listen.host,

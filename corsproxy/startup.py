@@ -1,4 +1,5 @@
-"""Checks ``serve`` makes before it starts: are the ports free, does the upstream answer?
+"""Checks ``serve`` makes before it starts: are the ports free, does the upstream answer? And the file
+descriptor limit it raises (``raise_nofile``).
 
 A port that is taken is named by its key (``listen.port`` or ``admin.port``) with the fix, instead of
 the bind error alone; an upstream that refuses connections is one warning line (serving goes on:
@@ -9,6 +10,7 @@ before the event loop starts; every wait is bounded.
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 
 from yarl import URL
@@ -17,6 +19,19 @@ from .config import Config
 
 ANY_HOSTS = frozenset({"0.0.0.0", "::", ""})  # bind every address, so any port clash is real
 UPSTREAM_PROBE_TIMEOUT = 1.0  # seconds, at most, that start waits for the upstream's TCP handshake
+
+
+def raise_nofile() -> str:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (every connection is a file descriptor; the soft limit is
+    often 1024 while the hard one is far higher) and say what it was and is, for the start's log."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return f"file descriptors: RLIMIT_NOFILE soft limit {soft} (hard limit {hard})"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # (macOS refuses RLIM_INFINITY above OPEN_MAX)
+        return f"file descriptors: RLIMIT_NOFILE soft limit {soft} kept, hard limit {hard}: cannot raise it ({exc})"
+    return f"file descriptors: RLIMIT_NOFILE soft limit raised from {soft} to the hard limit {hard}"
 
 
 def port_problems(config: Config) -> list[str]:
