@@ -157,7 +157,6 @@ class Bench:
     rundir: Path
     upstream_port: int
     nginx_changes: list[str] = field(default_factory=list)
-    corsproxy_changes: list[str] = field(default_factory=list)
 
     def targets(self) -> list[str]:
         names = []
@@ -169,9 +168,9 @@ class Bench:
         return [*names, "corsproxy"]
 
     @contextlib.contextmanager
-    def start(self, name: str, pool: int | None = None) -> Iterator[Running]:
+    def start(self, name: str) -> Iterator[Running]:
         if name == "corsproxy":
-            with self._corsproxy(pool) as running:
+            with self._corsproxy() as running:
                 yield running
             return
         ns = argparse.Namespace(targets=name, peer_cpus=1, node_path=None, proxy_cmd=[], proxy_label=[])
@@ -187,16 +186,11 @@ class Bench:
             proc.stop()
 
     @contextlib.contextmanager
-    def _corsproxy(self, pool: int | None) -> Iterator[Running]:
+    def _corsproxy(self) -> Iterator[Running]:
         from corsproxy.testing import free_port, serve_process
         port = free_port()
         text = (SHARED / "corsproxy.yaml.tmpl").read_text()
         text = text.replace("@PORT@", str(port)).replace("@UPSTREAM_PORT@", str(self.upstream_port))
-        if pool is not None:  # upstream.max_connections bounds the WebSockets open at once too (proxy.ws_session)
-            text = text.replace("  url: http://", f"  max_connections: {pool}\n  url: http://", 1)
-            self.corsproxy_changes = ["upstream.max_connections: streams + 100 in the WebSocket and SSE phases (an "
-                                      "open stream or WebSocket holds one; with the default 100 the 101st waits "
-                                      "for one until connect_timeout and gets 504)"]
         folder = Path(tempfile.mkdtemp(dir=self.rundir, prefix="corsproxy-"))
         with serve_process(text, folder, port, timeout=20) as proc:
             yield Running("corsproxy", port, proc.pid, proc.stop)
@@ -454,8 +448,7 @@ def origins_phase(quick: bool) -> dict[str, Any]:
 
 async def run_async_phase(bench: Bench, name: str, phase: Callable[[Bench, Running], Awaitable[dict[str, Any]]],
                           timeout: float) -> dict[str, Any]:
-    pool = bench.args.ws + 100 if phase is ws_phase else bench.args.sse + 100 if phase is sse_phase else None
-    with bench.start(name, pool) as target:
+    with bench.start(name) as target:
         rest = target.rss_kib()
         result = await asyncio.wait_for(phase(bench, target), timeout)
         result["resting_rss_kib"] = rest
@@ -628,7 +621,7 @@ def main() -> int:
     finally:
         upstream.stop()
         shutil.rmtree(rundir, ignore_errors=True)
-    print_table(results, args, bench.nginx_changes + bench.corsproxy_changes)
+    print_table(results, args, bench.nginx_changes)
     if args.out:
         args.out.write_text(json.dumps({"settings": {k: (sorted(v) if isinstance(v, set) else str(v)
                                                          if isinstance(v, Path) else v)

@@ -219,12 +219,18 @@ async def relay(request: Incoming, snap: Snapshot, ex: Exchange, upstream: Upstr
         await out.start(status, upstream.reason, headers, whole=whole, bodiless=bodiless, flush=False)
         ex.bytes_out = len(whole)
         return
+    if _is_event_stream(headers):
+        upstream.detach()  # open for as long as the page listens: it must not hold a slot of the pool
     # Part of the body is here: the head leaves with it, else at once, so that a client of a stream (SSE) sees
     # the response begin. And at once when the rest may bypass the process: it must be out before splice_rest.
     await out.start(status, upstream.reason, headers, whole=None, bodiless=False,
                     flush=not upstream.has_data or may_splice(out.transport))
     if await relay_body(request, snap, ex, upstream, out.transport, out.write):
         await out.finish()
+
+
+def _is_event_stream(headers: CIMultiDict[str]) -> bool:
+    return headers.get("Content-Type", "").partition(";")[0].strip().lower() == "text/event-stream"
 
 
 def begin(app: web.Application, ex: Exchange) -> Exchange:

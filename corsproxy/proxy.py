@@ -193,7 +193,9 @@ def ws_session(app: web.Application, snap: Snapshot) -> aiohttp.ClientSession:
     if session is None:
         up = snap.config.upstream
         session = sessions[key] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=up.max_connections, ssl=client_ssl(snap.config),
+            # limit=0: a WebSocket is not a pooled connection (each has its own, for as long as it is open), so
+            # upstream.max_connections does not bound them; the descriptors do (guard: 503 when they run out).
+            connector=aiohttp.TCPConnector(limit=0, ssl=client_ssl(snap.config),
                                            enable_cleanup_closed=False),
             auto_decompress=False,  # encoded bodies pass byte for byte
             cookie_jar=aiohttp.DummyCookieJar(),  # SECURITY: never carry one client's cookies to another

@@ -562,6 +562,11 @@ class Pool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
+    def detached(self, conn: Connection) -> None:
+        """``conn`` no longer counts against ``limit`` (UpstreamResponse.detach): a waiter may connect."""
+        self._count -= 1
+        self._wake_one()
+
     def _put_back(self, conn: Connection) -> None:
         if conn.reusable and not self.retired:
             self._idle.append(conn)
@@ -594,6 +599,7 @@ class UpstreamResponse:
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
         self._released = False
+        self._detached = False
         self._writer: asyncio.Task[None] | None = None
         if body is not None:
             # Sent alongside reading the answer: an upstream that streams its reply while it
@@ -644,6 +650,13 @@ class UpstreamResponse:
         except BaseException as exc:  # the body iterator's own error (e.g. too large) wins
             conn.fail(exc)
 
+    def detach(self) -> None:
+        """Take this exchange's connection out of the pool's count: a stream open for hours (SSE) must not hold
+        one of the pool's ``limit`` slots from ordinary requests. It is closed when released, never reused."""
+        if not self._detached and not self._released:
+            self._detached = True
+            self.pool.detached(self.conn)
+
     def release(self) -> None:
         """Give the connection back (reused only when the whole exchange completed cleanly)."""
         if self._released:
@@ -653,7 +666,10 @@ class UpstreamResponse:
         if writer is not None and not writer.done():
             writer.cancel()
             self.conn.fail(UpstreamError("reset", "request body abandoned"))
-        self.pool._put_back(self.conn)
+        if self._detached:
+            self.conn.close()
+        else:
+            self.pool._put_back(self.conn)
 
 
 def _ambiguous_framing(headers: list[tuple[str, str]]) -> str | None:

@@ -48,6 +48,19 @@ async def test_first_server_sent_event_arrives_before_the_upstream_finishes(make
     assert second_at - first_at > 1.0
 
 
+async def test_event_streams_hold_no_slot_of_the_upstream_pool(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    # One pooled connection; three streams open at once, and an ordinary request still goes straight through.
+    proxy = await make_proxy(RULES, upstream_extra="  max_connections: 1\n  connect_timeout: 0.5\n")
+    streams = [await proxy.client.get("/sse?gap=3", headers=APP) for _ in range(3)]
+    for resp in streams:
+        assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5) == b"data: first\n\n"
+    plain = await proxy.client.get("/x", headers=APP)
+    assert plain.status == 200, await plain.text()
+    for resp in streams:
+        assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5) == b"data: second\n\n"
+        resp.close()
+
+
 async def test_download_over_one_mib_arrives_intact(make_proxy: MakeProxy) -> None:
     proxy = await make_proxy(RULES)
     resp = await proxy.client.get("/big?mib=3", headers=APP)

@@ -38,6 +38,17 @@ async def test_websocket_from_an_allowed_origin_echoes_both_ways(make_proxy: Mak
     assert proxy.exchanges[-1].bytes_in == len("hello") + len("again")
 
 
+async def test_websockets_are_not_bounded_by_the_upstream_pool(make_proxy: MakeProxy, upstream: Upstream) -> None:
+    proxy = await make_proxy(RULES, upstream_extra="  max_connections: 1\n  connect_timeout: 0.5\n")
+    socks = [await asyncio.wait_for(proxy.client.ws_connect("/ws/chat", headers=APP), 5) for _ in range(3)]
+    for i, sock in enumerate(socks):
+        await sock.send_str(str(i))
+        assert await sock.receive_str(timeout=5) == f"echo:{i}"
+    assert (await proxy.client.get("/x", headers=APP)).status == 200  # and an ordinary request gets through
+    for sock in socks:
+        await sock.close()
+
+
 async def test_websocket_from_a_disallowed_origin_gets_403_and_never_reaches_the_upstream(
         make_proxy: MakeProxy, upstream: Upstream) -> None:
     proxy = await make_proxy(RULES)

@@ -245,6 +245,19 @@ async def test_a_100_continue_before_the_answer_is_skipped_and_the_connection_ke
     await server.wait_closed()
 
 
+async def test_a_detached_exchange_frees_its_slot_and_its_connection_is_closed_not_reused(aiohttp_server):
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server, limit=1, connect_timeout=0.5)
+    stream = await pool.request("GET", "/slow", [("Host", "up")], None, length=None)
+    stream.detach()  # (a stream: it no longer counts against the limit of 1)
+    other = await asyncio.wait_for(pool.request("GET", "/a", [("Host", "up")], None, length=None), 1.0)
+    assert other.conn is not stream.conn and pool._count == 1
+    assert b'"path": "/a"' in await _body(other)
+    assert await _body(stream) == b"late"
+    assert stream.conn.closed and pool._idle == [other.conn] and pool._count == 1
+    await pool.close()
+
+
 async def test_a_request_waiting_for_a_free_connection_gets_the_one_released(aiohttp_server):
     server = await _app_server(aiohttp_server)
     pool = _pool(server, limit=1, connect_timeout=3.0)
