@@ -112,8 +112,8 @@ async def profile(args: argparse.Namespace) -> None:
         frame = stat.traceback[0]
         where = f"{Path(frame.filename).name}:{frame.lineno}"
         print(f"  {stat.size_diff / n:8.0f} B  {stat.count_diff / n:5.2f}  {where:40s} {_line(frame)}")
-    print("\nby traceback, the largest three (innermost last):")
-    for stat in after.compare_to(before, "traceback")[:3]:
+    print(f"\nby traceback, the largest {args.tracebacks} (innermost last):")
+    for stat in after.compare_to(before, "traceback")[:args.tracebacks]:
         print(f"  {stat.size_diff / n:.0f} B per connection:")
         for frame in stat.traceback.format()[-12:]:
             print("     " + frame)
@@ -132,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--tracebacks", type=int, default=3, help="how many of the largest sites to trace back")
     parser.add_argument("--asyncio", action="store_true", help="asyncio's own loop instead of uvloop")
     args = parser.parse_args()
     import resource

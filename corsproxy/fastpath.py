@@ -43,7 +43,7 @@ from .exchange import (
     forward,
     notify,
 )
-from .guard import GuardedHandler, peer
+from .guard import GuardedHandler, GuardedServer, peer
 from .headers import SERVER
 from .paths import BadPath, decode_path
 from .policy import CorsRequest, Decision, decide
@@ -128,6 +128,35 @@ class FastHandler(GuardedHandler):
         super().__init__(manager, **kwargs)
         self._fast_answer = fast_answer
         self._answering = False
+        # A deque holds a 64-slot block (760 B) from the start; this queue is almost always empty or one deep.
+        self._messages = MessageQueue()  # type: ignore[assignment]
+        if isinstance(manager, GuardedServer):
+            manager.watch_keepalive()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # aiohttp's loop (its task, the futures it waits on: ~0.9 KiB) starts only once a message is left for it
+        # (_start_loop): most connections never need it, and an idle one then holds none of it.
+        task, self._task_handler = self._task_handler, None
+        if task is not None:
+            task.cancel()  # (not begun: its coroutine just closes)
+        # Nor a keep-alive timer of its own: the server's one timer looks at its clock (_process_keepalive; the
+        # server runs it from __init__ on).
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+
+    def _start_loop(self) -> None:
+        if self._task_handler is None and not self._closing():
+            self._task_handler = self._loop.create_task(self.start())
+
+    def close(self) -> None:
+        super().close()
+        if self._task_handler is None and self._relay_task is None:
+            self.force_close()  # idle, and aiohttp's loop never started: no response of it to wait for
+
+    def _loop_not_started(self) -> bool:
+        return self._task_handler is None or super()._loop_not_started()
 
     def _answer_queue(self) -> None:
         """Answer the queue's head messages that ``fast_answer`` can, in order, without a request object;
@@ -149,9 +178,11 @@ class FastHandler(GuardedHandler):
                     break
         finally:
             self._answering = False
-        waiter = self._waiter
-        if self._messages and self._relay_task is None and waiter is not None and not waiter.done():
-            waiter.set_result(None)  # the head message is aiohttp's to answer
+        if self._messages and self._relay_task is None:  # the head message is aiohttp's to answer
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self._start_loop()
 
     def _answer_queued(self) -> None:
         while self._messages and not self._closing():
@@ -194,9 +225,16 @@ class FastHandler(GuardedHandler):
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
     def _process_keepalive(self) -> None:
-        if self._relay_task is not None:  # a response is being relayed: the connection is not idle
-            self._keepalive_handle = self._loop.call_at(self._loop.time() + self._keepalive_timeout,
-                                                        self._process_keepalive)
+        """Called by the server's timer (GuardedServer.watch_keepalive) once the keep-alive time is up, or by a
+        timer of aiohttp's own once its loop has answered a request."""
+        if self._relay_task is not None:  # a response is being relayed: not idle (the server's timer looks again)
+            self._keepalive_handle = None
+            return
+        if self._task_handler is None and not self._messages and not self._force_close:
+            # Idle without aiohttp's loop, whose waiter would say so.
+            self._keepalive_handle = None
+            if self._loop.time() >= self._next_keepalive_close_time:
+                self.force_close()
             return
         super()._process_keepalive()
 
@@ -208,6 +246,16 @@ class FastHandler(GuardedHandler):
     async def drain(self) -> None:
         """Wait until the client has taken what was written (raises if it went away)."""
         await self._drain_helper()
+
+
+class MessageQueue(list[Any]):
+    """aiohttp's parsed-message queue (``RequestHandler._messages``, a deque) as a list: aiohttp appends, takes
+    ``popleft()`` and asks its length; pipelines are a few messages deep."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
 
 
 def fast_answerer(app: web.Application) -> FastAnswer:

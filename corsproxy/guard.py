@@ -72,6 +72,7 @@ TCP_INFO_SIZE = 128  # struct tcp_info up to tcpi_bytes_acked (u64 at offset 120
 # connections (three descriptors each: its socket and a splice pipe) and the open client connections keep being
 # answered; the reserve is at most half the limit.
 FD_SPARE = 16  # beyond the pool: the admin listener, a reload's files, the log
+KEEPALIVE_SWEEP = 1.0  # seconds between looks at the keep-alive clocks (GuardedServer.watch_keepalive)
 FD_LOG_INTERVAL = 60.0  # seconds: at most one "out of file descriptors" line in this long
 ACCEPT_EMFILE = "socket.accept() out of system resource"  # asyncio's selector loop (selector_events.py)
 CLOSING_RESPONSE = (
@@ -526,12 +527,35 @@ class GuardedServer(web.Server):
                  descriptors: Descriptors | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handler = handler
+        self._sweep: asyncio.TimerHandle | None = None
         self._guard: dict[str, Any] = {"header_timeout": header_timeout, "body_timeout": body_timeout,
                                        "min_data_rate": min_data_rate, "descriptors": descriptors,
                                        **(handler_kwargs or {})}
 
     def __call__(self) -> GuardedHandler:
         return self._handler(self, loop=self._loop, **self._guard, **self._kwargs)
+
+    def watch_keepalive(self) -> None:
+        """Run the one timer that looks at the keep-alive clocks of the connections that keep none of their own
+        (fastpath.FastHandler: a timer each is half a KiB an idle connection)."""
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(KEEPALIVE_SWEEP, self._sweep_keepalive)
+
+    def _sweep_keepalive(self) -> None:
+        self._sweep = None
+        now = self._loop.time()
+        for conn in self.connections:
+            if conn._keepalive_handle is None and conn._keepalive_timeout > 0 \
+                    and now >= conn._next_keepalive_close_time:
+                conn._process_keepalive()
+        if self.connections:
+            self.watch_keepalive()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await super().shutdown(timeout)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
 
     def set_timeouts(self, header_timeout: float, body_timeout: float, min_data_rate: float | None = None) -> None:
         """For connections opened from now on (a reload)."""

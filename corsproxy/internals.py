@@ -11,7 +11,8 @@ from __future__ import annotations
 # RequestHandler (aiohttp.web_protocol; slots or methods, some from BaseProtocol): guard.GuardedHandler and
 # fastpath.FastHandler.
 REQUEST_HANDLER = (
-    "_messages",  # the parsed-message queue the fast path takes from
+    "_messages",  # the parsed-message queue the fast path takes from (a fastpath.MessageQueue in its place)
+    "_task_handler",  # aiohttp's loop task: started only when a message is left for it (fastpath.FastHandler)
     "_waiter",  # aiohttp's loop waiting for a message: held back, then woken
     "_parser",  # message_consumed() for each message taken
     "_close", "_force_close",  # closing after this response / now

@@ -109,6 +109,39 @@ async def test_pipelined_requests_are_answered_in_order(make_proxy: MakeProxy, u
     assert [r.method for r in upstream.seen] == ["GET", "POST", "POST", "GET"]
 
 
+async def test_an_idle_connection_holds_no_aiohttp_loop_and_still_closes_at_its_keepalive_timeout(
+        make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy()
+    server = proxy.client.server.runner.server
+    server._kwargs["keepalive_timeout"] = 0.5  # (for connections made from now on)
+    target = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    try:
+        for request in (PREFLIGHT, GET):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
+            await asyncio.wait_for(reader.readexactly(int(length or 0)), 5)
+        (conn,) = server.connections
+        assert conn._task_handler is None and not conn._messages  # answered at the connection, nothing of aiohttp's
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the keep-alive timer, not before
+        assert not server.connections
+    finally:
+        writer.close()
+
+
+async def test_a_message_left_for_aiohttp_starts_its_loop_after_the_answers_before_it(make_proxy: MakeProxy,
+                                                                                     upstream: Upstream) -> None:
+    proxy = await make_proxy()
+    server = proxy.client.server.runner.server
+    # a preflight and a relayed GET at the connection, then a chunked body aiohttp's loop reads (it closes after)
+    chunked = b"POST /api/x HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    heads = await _exchange(proxy.url, PREFLIGHT + GET + chunked, 3)
+    assert [h.split(b"\r\n")[0] for h in heads] == [b"HTTP/1.1 204 No Content", b"HTTP/1.1 200 OK",
+                                                     b"HTTP/1.1 200 OK"]
+    assert [r.method for r in upstream.seen] == ["GET", "POST"] and server.requests_count == 1
+
+
 @pytest.mark.parametrize("request_bytes", [DENIED, PREFLIGHT, GET, GET.replace(b"GET", b"HEAD"), POST],
                          ids=["denied-preflight", "preflight", "get", "head", "post"])
 async def test_fast_and_normal_paths_give_the_same_headers(make_proxy: MakeProxy, request_bytes: bytes) -> None:

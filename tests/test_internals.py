@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import tomllib
 from importlib.metadata import version
@@ -56,3 +57,9 @@ def test_the_installed_aiohttp_is_within_the_minor_release_pyproject_pins() -> N
     installed = tuple(int(part) for part in version("aiohttp").split(".")[:3])
     assert tuple(map(int, low.split("."))) <= installed < tuple(map(int, high.split(".")))
     assert high.split(".")[:2] == [low.split(".")[0], str(int(low.split(".")[1]) + 1)]
+
+
+def test_aiohttp_uses_its_message_queue_only_as_fastpath_MessageQueue_provides() -> None:
+    # FastHandler puts a list (MessageQueue: append, popleft, len) where aiohttp keeps a deque.
+    used = set(re.findall(r"self\._messages\.(\w+)", inspect.getsource(web_protocol)))
+    assert used <= {"append", "popleft"}, f"aiohttp now calls {used - {'append', 'popleft'}} on _messages"
