@@ -18,7 +18,9 @@ def build_app(config: Config, *, observers: Iterable[Observer] = (),
               started: Iterable[Observer] = ()) -> web.Application:
     """The proxy app for ``config``; ``observers`` are told about every finished request,
     ``started`` about every request as it starts (for an in-flight gauge)."""
-    app = web.Application(handler_args={"max_field_size": 16 * 1024})
+    # auto_decompress off: a request body passes byte for byte, its Content-Encoding with it (aiohttp would
+    # inflate a gzip body and the upstream would get plain bytes labelled gzip).
+    app = web.Application(handler_args={"max_field_size": 16 * 1024, "auto_decompress": False})
     app[LIVE_KEY] = Live(Snapshot.build(config))
     app[OBSERVERS_KEY] = list(observers)
     app[STARTED_KEY] = list(started)

@@ -297,7 +297,7 @@ ROUTES: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
 @pytest.fixture
 async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
     up = Upstream()
-    up.server = await aiohttp_server(up.app, host="127.0.0.1")
+    up.server = await aiohttp_server(up.app, host="127.0.0.1", auto_decompress=False)  # bodies as sent
     return up
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -302,3 +304,20 @@ async def test_activate_storage_access_reaches_the_client_untouched(make_proxy: 
         resp = await proxy.client.get("/respond", params=sent, headers={"Origin": "https://app.example.com", **extra})
         assert resp.headers.getall("Activate-Storage-Access") == [sent["Activate-Storage-Access"]]
         assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_an_encoded_request_body_passes_byte_for_byte(make_proxy: MakeProxy, upstream: Upstream,
+                                                           framing: str) -> None:
+    proxy = await make_proxy()
+    body = gzip.compress(b"hello world " * 100)
+    data = body if framing == "length" else _chunks(body)
+    resp = await proxy.client.post("/x", data=data, headers={"Content-Encoding": "gzip"})
+    seen = await resp.json()
+    assert (seen["body_len"], seen["body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+    assert ["Content-Encoding", "gzip"] in seen["headers"]
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data[:10]
+    yield data[10:]
