@@ -52,7 +52,7 @@ def rss_kib() -> int:
 async def upstream() -> tuple[Any, int]:
     from aiohttp import web
 
-    from corsproxy.testing import free_port
+    from corsproxy.testing import listen_loopback
 
     async def small(request: web.Request) -> web.Response:
         return web.Response(body=b"x" * 1024)
@@ -60,19 +60,15 @@ async def upstream() -> tuple[Any, int]:
     app = web.Application()
     app.router.add_get("/small", small)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+    return runner, await listen_loopback(runner)
 
 
 async def profile(args: argparse.Namespace) -> None:
-    from aiohttp import web
 
     from corsproxy import config
     from corsproxy.app import build_app
     from corsproxy.server import make_runner
-    from corsproxy.testing import free_port
+    from corsproxy.testing import free_port, listen_loopback
 
     up_runner, up_port = await upstream()
     port = free_port()
@@ -81,8 +77,7 @@ async def profile(args: argparse.Namespace) -> None:
                        "    allow_origins: ['https://app.example.com']\n", "profile")
     app = build_app(cfg)
     runner = make_runner(app, cfg)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await listen_loopback(runner, port)
     loop = asyncio.get_running_loop()
 
     async def clients(n: int) -> subprocess.Popen[str]:

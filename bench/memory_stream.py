@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from corsproxy.testing import free_port, serve_process
+from corsproxy.testing import free_port, listen_loopback, serve_process
 
 MIB = 2**20
 CHUNK = 64 * 1024
@@ -80,10 +80,7 @@ async def start_upstream() -> tuple[web.AppRunner, int]:
     app.router.add_get("/down/{mib}", down)
     app.router.add_post("/up", up)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, port
+    return runner, await listen_loopback(runner)
 
 
 # ---------------------------------------------------------------------- the proxy

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     _override_args(serve)
     serve.add_argument("--workers", type=_workers, default=1,
                        help="processes sharing the port with SO_REUSEPORT (a number, or 'auto' = CPU count)")
+    serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                       help="event loop: uvloop when installed (auto, the default; faster), or asyncio's own "
+                            "(fairer to each connection once a process is saturated: README \"Capacity\")")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate the config and print the effective rules",
@@ -168,8 +171,9 @@ def _serve(args: argparse.Namespace) -> int:
         if (problem := startup.upstream_problem(config)) is not None:
             log.warning("%s; serving anyway: requests get 502 and /readyz says 503 until it does", problem)
         log.info("%s", startup.raise_nofile())  # (a worker inherits its supervisor's)
-    argv = worker_argv(args.config or default_config_path(), host=args.host, port=args.port, upstream=args.upstream)
-    return run(config, load_config, workers=args.workers, worker_argv=argv)
+    argv = worker_argv(args.config or default_config_path(), host=args.host, port=args.port, upstream=args.upstream,
+                       loop=args.loop)
+    return run(config, load_config, workers=args.workers, worker_argv=argv, loop=args.loop)
 
 
 def _workers(value: str) -> int:

@@ -29,6 +29,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def listen_loopback(runner: Any, port: int | None = None) -> int:
+    """Set up an aiohttp ``AppRunner`` (or corsproxy's GuardedRunner) and listen on 127.0.0.1; returns the port."""
+    from aiohttp import web  # (aiohttp is not needed for the rest of this module)
+
+    port = port or free_port()
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return port
+
+
 class ServeProcess:
     """``python -m corsproxy serve ARGS`` in ``cwd``; its stdout+stderr collected line by line by a thread (and
     written to ``log_path`` when given). ``CORSPROXY_*``/``PROMETHEUS_*`` of this environment are not passed on."""

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
 from corsproxy.guard import ACCEPT_EMFILE, FD_LOG_INTERVAL, FD_SPARE, Descriptors, GuardedRunner
-from corsproxy.testing import free_port, serve_process
+from corsproxy.testing import free_port, listen_loopback, serve_process
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 
@@ -170,9 +170,7 @@ async def test_refusals_are_answered_503_and_reported_once_a_minute_with_their_c
     limit = Limit()
     descriptors = Descriptors(4, limit=lambda: limit.soft, clock=lambda: limit.now)
     runner = GuardedRunner(app, descriptors=descriptors)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    port = await listen_loopback(runner)
     opened: list[socket.socket] = []
     try:
         first = await connect(port)

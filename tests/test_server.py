@@ -324,6 +324,20 @@ async def test_a_request_longer_than_drain_timeout_is_cut_and_the_exit_code_is_s
 # ---------------------------------------------------------------- workers
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+async def test_loop_chooses_the_event_loop_of_the_supervisor_and_its_workers(spawn, tmp_path, upstream, loop):
+    setup = Setup(tmp_path / "config.yaml", upstream.url)
+    setup.write(rule("app"))
+    proc = spawn("-c", str(setup.path), "--workers", "2", "--loop", loop)
+    expected = "asyncio" if loop == "asyncio" else LOOP
+    deadline = time.monotonic() + 15
+    while len([r for r in proc.records() if "listening on" in r.get("message", "")]) < 2:
+        assert time.monotonic() < deadline, "\n".join(proc.lines)
+        await asyncio.sleep(0.05)
+    loops = [r["message"] for r in proc.records() if "event loop:" in r.get("message", "")]
+    assert len(loops) == 3 and all(f"event loop: {expected}" in m for m in loops), loops
+
+
 async def test_two_workers_both_serve_a_killed_one_comes_back_and_sigterm_stops_all(spawn, tmp_path, upstream):
     setup = Setup(tmp_path / "config.yaml", upstream.url)
     setup.write(rule("app"))
