@@ -8,9 +8,10 @@ wrk's req/s on a shared 2-core machine moves by 10-30 % between rounds (bench/RE
 the few per cent a change to the request path costs. callgrind counts the instructions the proxy
 process executes instead, which is the same for the same build and inputs whatever else runs.
 For each build and scenario: start the bench upstream (plain Python), start ``corsproxy serve`` under
-callgrind (uvloop, the bench's config), send WARMUP requests, zero the counters, send COUNT requests
-one at a time over 8 keep-alive connections, dump the counters, and print instructions per request
-(loop, parser, syscall entry included; the kernel's side is not counted). Slow (callgrind runs the
+callgrind (uvloop, the bench's config), send WARMUP requests, count what it executes idle for 5 s,
+then count while COUNT requests go one at a time over 8 keep-alive connections, and print instructions
+per request with the idle rate times the wall time taken out (loop, parser, syscall entry included; the
+kernel's side is not counted). Slow (callgrind runs the
 proxy ~50x slower): a few minutes for three scenarios and two builds.
 
 Each ``--build NAME=PYTHON`` names an interpreter whose environment has the build installed
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,7 @@ SCENARIOS = {
     "post-64k": ("POST", "/echo", 65536, False),
 }
 CONNECTIONS = 8
+IDLE_SECONDS = 5.0
 
 
 def free_port() -> int:
@@ -120,20 +123,30 @@ def measure(python: str, scenario: str, count: int, warmup: int, workdir: Path, 
     try:
         wait_port(port, proc, 180)
         send(port, scenario, warmup)
-        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        send(port, scenario, count)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
-        dumps = sorted(workdir.glob(f"callgrind.{port}.{proc.pid}.*"))
-        if not dumps:
-            raise RuntimeError("callgrind wrote no dump")
-        total = _totals(dumps[-1])
+        # What the process does with no request (the config-file poll, metrics, timers), per second of wall time:
+        # under callgrind requests take ~50x longer, and that work would be charged to them.
+        idle = _count(proc.pid, workdir, port, lambda: time.sleep(IDLE_SECONDS))
+        total = _count(proc.pid, workdir, port, lambda: send(port, scenario, count))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return total / count
+    return (total[0] - idle[0] / idle[1] * total[1]) / count
+
+
+def _count(pid: int, workdir: Path, port: int, work: Callable[[], None]) -> tuple[int, float]:
+    """Instructions the process executed during ``work``, and its wall time."""
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    started = time.monotonic()
+    work()
+    seconds = time.monotonic() - started
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    dumps = sorted(workdir.glob(f"callgrind.{port}.{pid}.*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError("callgrind wrote no dump")
+    return _totals(dumps[-1]), seconds
 
 
 def _totals(dump: Path) -> int:

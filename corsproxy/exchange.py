@@ -433,7 +433,7 @@ def relay_headers(request: Incoming, snap: Snapshot, ex: Exchange, raw: list[tup
     ``upstream_cors: keep`` did (for the access log) and which headers the page cannot read (for suggest)."""
     decision = ex.decision
     if decision.kind == "actual" and decision.origin is not None:
-        ex.unexposed = unexposed(decision, (name for name, _ in raw))
+        ex.unexposed = unexposed(decision, [name for name, _ in raw])
     names = {name.lower() for name, _ in raw}
     drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
     headers = CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])

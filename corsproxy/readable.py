@@ -9,7 +9,7 @@ reads) are not the application's data and are never suggested.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from functools import lru_cache
 
 from .config import ANY
@@ -28,12 +28,31 @@ NOT_APPLICATION = frozenset({
 MAX_NAMES = 16  # an upstream that sends 200 headers is not 200 suggestions a request
 
 
-def unexposed(decision: Decision, names: Iterable[str]) -> tuple[str, ...]:
+def unexposed(decision: Decision, names: Sequence[str]) -> tuple[str, ...]:
     """The application header names a page could not read on this actual request's response."""
     rule = decision.rule.rule if decision.rule is not None else None
     if rule is None or decision.kind != "actual" or decision.origin is None or rule.expose_headers == ANY:
         return ()
-    readable = _readable(rule.expose_headers)
+    if len(names) > MAX_REMEMBERED_NAMES:
+        return _unexposed(rule.expose_headers, tuple(names))
+    # An upstream sends the same header names response after response: each list is worked out once.
+    key = (rule.expose_headers, tuple(names))
+    found = _REMEMBERED.get(key)
+    if found is None:
+        if len(_REMEMBERED) >= MAX_REMEMBERED:
+            _REMEMBERED.clear()
+        found = _REMEMBERED[key] = _unexposed(*key)
+    return found
+
+
+# (expose_headers, response header names) -> unexposed(): bounded in entries and in each key's length.
+_REMEMBERED: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[str, ...]] = {}
+MAX_REMEMBERED = 1024
+MAX_REMEMBERED_NAMES = 40
+
+
+def _unexposed(expose_headers: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    readable = _readable(expose_headers)
     out: dict[str, str] = {}
     for name in names:
         low = name.lower()
