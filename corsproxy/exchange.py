@@ -329,7 +329,7 @@ def proxy_origin(snap: Snapshot, request: Incoming) -> str:
     return f"{scheme}://{request.host}"
 
 
-def _over_limit(limit: int | None) -> str:
+def over_limit(limit: int | None) -> str:
     return f"request body over {limit} bytes (limits.max_body_size)"
 
 
@@ -363,7 +363,7 @@ def failure(request: Incoming, snap: Snapshot, ex: Exchange, exc: Exception) -> 
     """Status and message for a request that failed before the upstream answered; logged, counted in ``ex``."""
     status, kind = upstream_error(exc)
     if status == 413:  # the client's fault, not the upstream's: no upstream_error
-        return status, _over_limit(snap.config.limits.max_body_size)
+        return status, over_limit(snap.config.limits.max_body_size)
     if status == 400:
         return status, f"request body: {_describe(exc)}"
     ex.upstream_error = kind

@@ -544,11 +544,12 @@ class GuardedServer(web.Server):
     def _sweep_keepalive(self) -> None:
         self._sweep = None
         now = self._loop.time()
-        for conn in self.connections:
+        connections = self.connections  # (a copy: a connection closed here leaves it)
+        for conn in connections:
             if conn._keepalive_handle is None and conn._keepalive_timeout > 0 \
                     and now >= conn._next_keepalive_close_time:
                 conn._process_keepalive()
-        if self.connections:
+        if connections:
             self.watch_keepalive()
 
     async def shutdown(self, timeout: float | None = None) -> None:

@@ -32,13 +32,13 @@ from .exchange import (
     Exchange,
     RequestBodyError,
     Whole,
-    _over_limit,
     answer,
     begin,
     decision_header,
     failure,
     forward,
     notify,
+    over_limit,
     respond,
     upstream_headers,
 )
@@ -74,7 +74,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         elif _is_websocket(request):
             return await _websocket(request, snap, ex, out)
         elif limit is not None and (request.content_length or 0) > limit:
-            await respond(ex, answer(snap, decision, (413, _over_limit(limit))), out)
+            await respond(ex, answer(snap, decision, (413, over_limit(limit))), out)
         else:
             body = Upload(request, limit, ex) if request.body_exists else Whole(b"", request.content_length)
             await forward(request.app, snap, ex, request, body, out)
@@ -181,7 +181,7 @@ class Upload:
     def _counted(self, chunk: bytes) -> bytes:
         self.ex.bytes_in += len(chunk)
         if self.limit is not None and self.ex.bytes_in > self.limit:
-            raise BodyTooLarge(_over_limit(self.limit))
+            raise BodyTooLarge(over_limit(self.limit))
         return chunk
 
 
