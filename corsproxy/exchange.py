@@ -434,9 +434,10 @@ def relay_headers(request: Incoming, snap: Snapshot, ex: Exchange, raw: list[tup
     decision = ex.decision
     if decision.kind == "actual" and decision.origin is not None:
         ex.unexposed = unexposed(decision, [name for name, _ in raw])
-    names = {name.lower() for name, _ in raw}
+    lowered = [name.lower() for name, _ in raw]
+    names = set(lowered)
     drop = hop_by_hop(v for k, v in raw if k.lower() == "connection") if "connection" in names else HOP_BY_HOP
-    headers = CIMultiDict([(name, value) for name, value in raw if name.lower() not in drop])
+    headers = CIMultiDict([pair for pair, low in zip(raw, lowered) if low not in drop])
     if snap.config.upstream.rewrite_location and ("location" in names or "content-location" in names):
         _rewrite_locations(snap, request, headers)
     ex.upstream_cors = kept = finish(decision, headers)

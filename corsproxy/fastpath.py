@@ -282,7 +282,7 @@ def fast_answerer(app: web.Application) -> FastAnswer:
         if not host or (has_body and not _takes_body(snap, msg)):
             return None
         request = Message(msg.method, msg.path, msg.headers, _client(handler), _scheme(handler), host)
-        return _relayed(app, snap, known.decision, request, handler, payload)
+        return _relayed(app, taps, snap, known.decision, request, handler, payload)
 
     return answer
 
@@ -324,13 +324,13 @@ def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy
         tap(method, path, list(headers.items()), int(status), reason, sent)
 
 
-async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, request: Message,
+async def _relayed(app: web.Application, taps: list[Tap], snap: Snapshot, decision: Decision, request: Message,
                    handler: FastHandler, payload: StreamReader) -> None:
     data = payload.read_nowait()  # all of it is here (guard.FastAnswer)
     body = Whole(data, len(data) if data or "Content-Length" in request.headers else None)
     ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(data)))
     try:
-        await forward(app, snap, ex, request, body, Wire(app, handler, request))
+        await forward(app, snap, ex, request, body, Wire(app, taps, handler, request))
     finally:
         notify(app, ex)
 
@@ -338,17 +338,17 @@ async def _relayed(app: web.Application, snap: Snapshot, decision: Decision, req
 class Wire:
     """:class:`exchange.Responder` writing the response's bytes to the connection itself."""
 
-    __slots__ = ("app", "handler", "request", "transport", "chunked")
+    __slots__ = ("app", "taps", "handler", "request", "transport", "chunked")
 
-    def __init__(self, app: web.Application, handler: FastHandler, request: Message) -> None:
-        self.app, self.handler, self.request = app, handler, request
+    def __init__(self, app: web.Application, taps: list[Tap], handler: FastHandler, request: Message) -> None:
+        self.app, self.taps, self.handler, self.request = app, taps, handler, request
         # Kept, as aiohttp's StreamWriter keeps it: a write after the client went away fails in drain().
         self.transport: asyncio.Transport | None = handler.transport  # type: ignore[assignment]
         self.chunked = False
 
     async def send(self, made: Answer, method: str) -> None:
         head = _made_head(made) + b"\r\n"
-        if self.app[TAPS_KEY]:
+        if self.taps:
             _tap(self.app, method, self.request.raw_path, self.request.headers, head)
         if self.transport is not None:
             self.transport.write(head + (b"" if method == "HEAD" else made.body))  # HEAD: the length, no body
@@ -360,7 +360,7 @@ class Wire:
         if self.chunked:
             headers["Transfer-Encoding"] = "chunked"
         head = _head(status, reason, headers, b"") + b"\r\n"
-        if self.app[TAPS_KEY]:
+        if self.taps:
             _tap(self.app, self.request.method, self.request.raw_path, self.request.headers, head)
         if self.transport is not None:  # (a head not flushed leaves at once all the same)
             self.transport.write(head if whole is None else head + whole)
@@ -388,9 +388,10 @@ def _head(status: int, reason: str, headers: CIMultiDict[str], body: bytes, *, d
     is False) and Server added as aiohttp adds them; without the blank line that ends the head."""
     if body or length:
         headers["Content-Length"] = str(len(body))
-    if date:
-        headers.setdefault("Date", rfc822_formatted_time())
-    headers.setdefault("Server", SERVER)
-    lines = [f"HTTP/1.1 {status} {reason}\r\n", *(f"{name}: {value}\r\n" for name, value in headers.items())]
-    return "".join(lines).encode("utf-8", "surrogateescape")
+    if date and "Date" not in headers:
+        headers["Date"] = rfc822_formatted_time()
+    if "Server" not in headers:
+        headers["Server"] = SERVER
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+    return f"HTTP/1.1 {status} {reason}\r\n{''.join(lines)}".encode("utf-8", "surrogateescape")
 

@@ -85,6 +85,7 @@ class Connection(asyncio.BufferedProtocol):
         self._status = 0
         self._reason = ""
         self._headers: list[tuple[str, str]] = []
+        self._framing: list[tuple[bytes, str]] = []  # (lowercased name, value) of Content-Length, Transfer-Encoding
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._received = 0
@@ -105,6 +106,10 @@ class Connection(asyncio.BufferedProtocol):
         self._until_close = False  # a body with neither Content-Length nor chunked framing ends at EOF
         self.keep_alive = True
         self._parser: httptools.HttpResponseParser | None = None
+        # llhttp ended the last response itself, right at its end: the next exchange reuses the parser (making one
+        # looks up its eight callbacks); after a body it did not see (spliced, HEAD, an error), a new one.
+        self._spare: httptools.HttpResponseParser | None = None
+        self._feeding = False
         self._pipe: splice.Pipe | None = None  # made by the first splice_body, closed with the connection
         self._splicing = False
         self._unparsed = 0  # bytes of a body still to come after splice_body stopped part way
@@ -135,15 +140,19 @@ class Connection(asyncio.BufferedProtocol):
             self.keep_alive = False
             self.close()
             return
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._spare = None
             cause = exc.__cause__ or exc.__context__ or exc  # our own callbacks' reason, when they raised
             if self._extra:
                 log.warning("the upstream sent bytes after the end of its response; they were dropped and its "
                             "connection closed")
             self._fail(UpstreamError("protocol", f"malformed HTTP from the upstream: {cause}"))
             self.close()  # (after a complete response, too: its bytes are kept, the connection is not)
+        finally:
+            self._feeding = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -164,48 +173,49 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- httptools callbacks
     # SECURITY: one exchange reads exactly one final response (after any 1xx). llhttp goes on parsing the
-    # rest of a read after a message ends, so every callback first asks _expecting(): a byte of a second
-    # message (or a body on HEAD) is refused, and the connection, which cannot be trusted, is closed.
+    # rest of a read after a message ends: a second message begins with on_message_begin, and a body we ended
+    # at its head (HEAD, 204, 304) reaches on_body/on_message_complete; those ask _expecting(), so its first
+    # byte is refused and the connection, which cannot be trusted, is closed. (The other callbacks only follow
+    # on_message_begin.)
 
     def on_message_begin(self) -> None:
         self._expecting()
 
     def on_status(self, reason: bytes) -> None:
-        self._expecting()
         self._reason += reason.decode("latin-1")  # (llhttp may hand the status text over in pieces)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._expecting()
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD:
             raise httptools.HttpParserError(f"response head over {MAX_HEAD} bytes")
         if self._status:
             return  # SECURITY: a chunked body's trailer fields; never passed on, never added to the head
         # As aiohttp decodes them, so that non-ASCII bytes pass through the server's writer unchanged.
-        self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        pair = (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        self._headers.append(pair)
+        if len(name) in (14, 17) and (lower := name.lower()) in (b"content-length", b"transfer-encoding"):
+            self._framing.append((lower, pair[1]))
 
     def on_headers_complete(self) -> None:
-        self._expecting()
         assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:  # we never ask for an upgrade here (WebSockets go through aiohttp's client)
                 raise httptools.HttpParserError("101 Switching Protocols to a request that asked for no upgrade")
             self._interim = True  # 100 Continue, 103 Early Hints: the real response follows
-            self._headers, self._reason, self._head_bytes = [], "", 0
+            self._headers, self._framing, self._reason, self._head_bytes = [], [], "", 0
             return
-        if (problem := _ambiguous_framing(self._headers)) is not None:
+        if (problem := _ambiguous_framing(self._framing)) is not None:
             raise httptools.HttpParserError(problem)
         self._status = status
         self.state = BODY
         self.keep_alive = self._parser.should_keep_alive()
-        self._until_close = not self.keep_alive and not any(
-            name.lower() in ("content-length", "transfer-encoding") for name, _ in self._headers)
+        self._until_close = not self.keep_alive and not self._framing
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         if self._head_only or status in NO_BODY_STATUSES:
-            self.on_message_complete()  # (llhttp does not know we sent HEAD, and may read a body anyway)
             self._ended_early = True
+            self.on_message_complete()  # (llhttp does not know we sent HEAD, and may read a body anyway)
         elif self._may_splice and (length := self._plain_length()) is not None:
             self._splice_length = length
             if length > READ_SIZE:
@@ -230,6 +240,8 @@ class Connection(asyncio.BufferedProtocol):
             self._ended_early = False  # llhttp's own end of the HEAD/204/304 message we ended at its head
             return
         self.state = DONE
+        if self._feeding and not self._ended_early:  # llhttp's own end of the message, at its last byte
+            self._spare = self._parser
         self._parser = None  # what comes after this message is not ours (_expecting, data_received)
         self._cancel_timer()
         self._wake()
@@ -245,7 +257,7 @@ class Connection(asyncio.BufferedProtocol):
     def start(self, head_only: bool, may_splice: bool = False) -> None:
         """Expect a response. ``may_splice``: the caller may send a large body on with :meth:`splice_body`,
         so reading stops when the head is in, and resumes only when the caller reads."""
-        self._status, self._reason, self._headers = 0, "", []
+        self._status, self._reason, self._headers, self._framing = 0, "", [], []
         self._head_bytes = 0
         self._body.clear()
         self._buffered = self._received = 0
@@ -257,7 +269,8 @@ class Connection(asyncio.BufferedProtocol):
         self._unparsed = 0
         self._until_close = False
         self._head = self.loop.create_future()
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = self._spare or httptools.HttpResponseParser(self)
+        self._spare = None
         self._last_data = self.loop.time()
         self._timer = self.loop.call_at(self._last_data + self.read_timeout, self._check_timeout)
 
@@ -354,8 +367,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def _plain_length(self) -> int | None:
         """The body's ``Content-Length`` when that alone frames it; anything odd stays with llhttp's rules."""
-        values = [value for name, value in self._headers if name.lower() in ("content-length", "transfer-encoding")]
-        return int(values[0]) if len(values) == 1 and values[0].isascii() and values[0].isdigit() else None
+        if len(self._framing) != 1:
+            return None
+        name, value = self._framing[0]
+        return int(value) if name == b"content-length" and value.isascii() and value.isdigit() else None
 
     def _close_pipe(self) -> None:
         if self._pipe is not None and not self._splicing:  # (while splicing, splice_body closes it after)
@@ -672,12 +687,15 @@ class UpstreamResponse:
             self.pool._put_back(self.conn)
 
 
-def _ambiguous_framing(headers: list[tuple[str, str]]) -> str | None:
-    """Why a response's framing is ambiguous (RFC 9112 §6.3: a request smuggling shape), or None."""
-    lengths = [value for name, value in headers if name.lower() == "content-length"]
+def _ambiguous_framing(framing: list[tuple[bytes, str]]) -> str | None:
+    """Why a response's framing (its lowercased Content-Length and Transfer-Encoding fields) is ambiguous
+    (RFC 9112 §6.3: a request smuggling shape), or None."""
+    if not framing:
+        return None
+    lengths = [value for name, value in framing if name == b"content-length"]
     if len(lengths) > 1 or (lengths and "," in lengths[0]):
         return "more than one Content-Length"
-    if lengths and any(name.lower() == "transfer-encoding" for name, _ in headers):
+    if lengths and len(lengths) < len(framing):
         return "both Content-Length and Transfer-Encoding"
     return None
 
@@ -690,7 +708,7 @@ def _frame(chunk: bytes, chunked: bool) -> tuple[bytes, ...]:
 def _encode_head(method: str, target: str, headers: list[tuple[str, str]], length: int | None,
                  chunked: bool) -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.extend([f"{name}: {value}" for name, value in headers])
     if length is not None:
         lines.append(f"Content-Length: {length}")
     elif chunked:
