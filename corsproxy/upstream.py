@@ -243,7 +243,6 @@ class Connection(asyncio.BufferedProtocol):
         if self._feeding and not self._ended_early:  # llhttp's own end of the message, at its last byte
             self._spare = self._parser
         self._parser = None  # what comes after this message is not ours (_expecting, data_received)
-        self._cancel_timer()
         self._wake()
 
     def _expecting(self) -> None:
@@ -272,7 +271,8 @@ class Connection(asyncio.BufferedProtocol):
         self._parser = self._spare or httptools.HttpResponseParser(self)
         self._spare = None
         self._last_data = self.loop.time()
-        self._timer = self.loop.call_at(self._last_data + self.read_timeout, self._check_timeout)
+        if self._timer is None:  # (one still pending from the last exchange looks at _last_data when it fires)
+            self._timer = self.loop.call_at(self._last_data + self.read_timeout, self._check_timeout)
 
     async def head(self) -> tuple[int, str, list[tuple[str, str]]]:
         assert self._head is not None
@@ -444,12 +444,16 @@ class Connection(asyncio.BufferedProtocol):
             self._timer = None
 
     def _check_timeout(self) -> None:
-        # One timer per exchange, re-armed lazily: "read_timeout seconds without a byte".
+        # One timer per connection, re-armed lazily: "read_timeout seconds without a byte" while an exchange
+        # runs. It outlives the exchange that armed it (no timer made and cancelled per request); once it finds
+        # the connection between exchanges it stops, and the next start arms it again.
+        self._timer = None
+        if self.state is not HEAD and self.state is not BODY:
+            return
         deadline = self._last_data + self.read_timeout
         if self.loop.time() < deadline:
             self._timer = self.loop.call_at(deadline, self._check_timeout)
             return
-        self._timer = None
         self._fail(UpstreamError("timeout", f"no byte from the upstream for {self.read_timeout:g}s"))
         self.close()
 

@@ -104,6 +104,26 @@ async def test_refused_and_read_timeout_map_to_502_and_504(aiohttp_server, unuse
     await pool.close()
 
 
+async def test_the_read_timeout_holds_on_a_reused_connection_whenever_its_exchange_began(aiohttp_server):
+    # One timer per connection outlives its exchanges (upstream.Connection._check_timeout): a quick exchange,
+    # a pause shorter than the timeout, then a slow one on the same connection must still time out in time,
+    # and a quick one after a pause longer than the timeout must not.
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server, read_timeout=0.4)
+    assert await _body(await pool.request("GET", "/a", [("Host", "up")], None, length=None))
+    await asyncio.sleep(0.25)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamError) as late:
+        await pool.request("GET", "/slow", [("Host", "up")], None, length=None)
+    waited = asyncio.get_running_loop().time() - started
+    assert late.value.kind == "timeout" and 0.35 < waited < 0.9, waited
+    for pause in (0.5, 0.1):
+        await asyncio.sleep(pause)
+        assert b'"path": "/b"' in await _body(await pool.request("GET", "/b", [("Host", "up")], None, length=None))
+    assert pool._count == 1
+    await pool.close()
+
+
 async def test_malformed_response_and_stale_keep_alive():
     answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"NOT HTTP AT ALL\r\n\r\n"]
 
