@@ -311,16 +311,16 @@ def _answered(app: web.Application, taps: list[Tap], known: Known, msg: RawReque
     notify(app, ex)
     response = known.response()
     if taps:  # (a demo's wire view; empty in production)
-        _tap(app, msg.method, msg.path, msg.headers, response)
+        _tap(taps, msg.method, msg.path, msg.headers, response)
     return response
 
 
-def _tap(app: web.Application, method: str, path: str, headers: CIMultiDictProxy[str], head: bytes) -> None:
+def _tap(taps: list[Tap], method: str, path: str, headers: CIMultiDictProxy[str], head: bytes) -> None:
     """Tell the taps (exchange.TAPS_KEY) the head just sent, parsed back from its bytes."""
     status_line, *lines = head.partition(b"\r\n\r\n")[0].decode("utf-8", "surrogateescape").split("\r\n")
     _, status, reason = (status_line.split(" ", 2) + [""])[:3]
     sent = [(name, value.strip()) for name, _, value in (line.partition(":") for line in lines)]
-    for tap in app[TAPS_KEY]:
+    for tap in taps:
         tap(method, path, list(headers.items()), int(status), reason, sent)
 
 
@@ -330,7 +330,7 @@ async def _relayed(app: web.Application, taps: list[Tap], snap: Snapshot, decisi
     body = Whole(data, len(data) if data or "Content-Length" in request.headers else None)
     ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(data)))
     try:
-        await forward(app, snap, ex, request, body, Wire(app, taps, handler, request))
+        await forward(app, snap, ex, request, body, Wire(taps, handler, request))
     finally:
         notify(app, ex)
 
@@ -338,10 +338,10 @@ async def _relayed(app: web.Application, taps: list[Tap], snap: Snapshot, decisi
 class Wire:
     """:class:`exchange.Responder` writing the response's bytes to the connection itself."""
 
-    __slots__ = ("app", "taps", "handler", "request", "transport", "chunked")
+    __slots__ = ("taps", "handler", "request", "transport", "chunked")
 
-    def __init__(self, app: web.Application, taps: list[Tap], handler: FastHandler, request: Message) -> None:
-        self.app, self.taps, self.handler, self.request = app, taps, handler, request
+    def __init__(self, taps: list[Tap], handler: FastHandler, request: Message) -> None:
+        self.taps, self.handler, self.request = taps, handler, request
         # Kept, as aiohttp's StreamWriter keeps it: a write after the client went away fails in drain().
         self.transport: asyncio.Transport | None = handler.transport  # type: ignore[assignment]
         self.chunked = False
@@ -349,7 +349,7 @@ class Wire:
     async def send(self, made: Answer, method: str) -> None:
         head = _made_head(made) + b"\r\n"
         if self.taps:
-            _tap(self.app, method, self.request.raw_path, self.request.headers, head)
+            _tap(self.taps, method, self.request.raw_path, self.request.headers, head)
         if self.transport is not None:
             self.transport.write(head + (b"" if method == "HEAD" else made.body))  # HEAD: the length, no body
 
@@ -361,7 +361,7 @@ class Wire:
             headers["Transfer-Encoding"] = "chunked"
         head = _head(status, reason, headers, b"") + b"\r\n"
         if self.taps:
-            _tap(self.app, self.request.method, self.request.raw_path, self.request.headers, head)
+            _tap(self.taps, self.request.method, self.request.raw_path, self.request.headers, head)
         if self.transport is not None:  # (a head not flushed leaves at once all the same)
             self.transport.write(head if whole is None else head + whole)
 
