@@ -27,3 +27,7 @@ RUNNER = ("_make_server", "_shutdown_timeout")  # web.AppRunner: our own server;
 APPLICATION = ("_router",)  # web.Application: app.CatchAllRouter
 STREAM_RESPONSE = ("_send_headers_immediately",)  # web.StreamResponse: head and body in one write (proxy.py)
 REQUEST = ("_payload_writer",)  # web.BaseRequest: has the response started (guard._check_body)
+
+# prometheus_client.Histogram (metrics.Metrics.publish): many observations added at once, to its per-bucket values
+# (the last is +Inf) and its sum. pyproject.toml pins prometheus-client to the minor release this is tested on.
+HISTOGRAM = ("_buckets", "_sum", "_upper_bounds")

@@ -64,3 +64,34 @@ def test_aiohttp_uses_its_message_queue_only_as_fastpath_MessageQueue_provides()
     # FastHandler puts a list (MessageQueue: append, popleft, len) where aiohttp keeps a deque.
     used = set(re.findall(r"self\._messages\.(\w+)", inspect.getsource(web_protocol)))
     assert used <= {"append", "popleft"}, f"aiohttp now calls {used - {'append', 'popleft'}} on _messages"
+
+
+def test_a_histogram_published_at_once_equals_one_observed_one_by_one() -> None:
+    """metrics.Metrics adds its counted durations to the Histogram's private values (internals.HISTOGRAM)."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from corsproxy.exchange import Exchange
+    from corsproxy.metrics import DURATION_BUCKETS, Metrics
+    from corsproxy.policy import Decision
+
+    durations = [0.0, 0.0005, 0.001, 0.0011, 0.05, 0.7, 2.5, 59.0, 60.0, 61.0, 3600.0]
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    assert _missing(metrics.duration, internals.HISTOGRAM) == []
+    assert tuple(metrics.duration._upper_bounds) == (*DURATION_BUCKETS, float("inf"))
+    for duration in durations:
+        metrics.observe(Exchange("GET", "/", "-", Decision("actual", "allowed", "test"), status=200,
+                                 duration=duration))
+    metrics.publish()
+    metrics.publish()  # nothing new: adds nothing
+    reference = Histogram("corsproxy_request_duration_seconds", "Time from request to last byte sent",
+                          buckets=DURATION_BUCKETS, registry=(expected := CollectorRegistry()))
+    for duration in durations:
+        reference.observe(duration)
+
+    def histogram(text: bytes) -> list[str]:
+        return [line for line in text.decode().splitlines()
+                if line.startswith("corsproxy_request_duration_seconds") and "_created" not in line]
+
+    assert histogram(generate_latest(registry)) == histogram(generate_latest(expected))
+
