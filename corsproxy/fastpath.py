@@ -363,7 +363,10 @@ class Wire:
         if self.taps:
             _tap(self.taps, self.request.method, self.request.raw_path, self.request.headers, head)
         if self.transport is not None:  # (a head not flushed leaves at once all the same)
-            self.transport.write(head if whole is None else head + whole)
+            if whole:  # one vectored write on uvloop: the body is not copied to join it to the head
+                self.transport.writelines((head, whole))
+            else:
+                self.transport.write(head)
 
     async def write(self, chunk: bytes) -> None:
         if self.transport is None:
