@@ -414,11 +414,10 @@ class Descriptors:
     A new connection whose descriptor leaves fewer than ``reserve`` free under the soft limit is answered ``503``
     and closed (descriptors are numbered lowest-free first, so its number counts the ones in use): the upstream
     pool keeps room to connect, and the open connections keep being answered. When ``accept()`` itself fails with
-    EMFILE — asyncio's selector loop then stops accepting for a second and retries (no busy loop), and reports
-    it to the loop's exception handler with a traceback each time — :meth:`watch_accept` makes it the same
-    line. Either is logged at most once a FD_LOG_INTERVAL, with how many happened since. (uvloop never reports an
-    EMFILE from accept: libuv accepts and closes the waiting connections on a descriptor it keeps for that, so
-    the refusal above is the only line it gets.)
+    EMFILE, the proxy listener (listener.Acceptor) stops accepting for a second and retries (no busy loop) and
+    reports it here (:meth:`accept_failed`); for the admin listener on asyncio's loop, which does the same but
+    reports to the loop's exception handler with a traceback each time, :meth:`watch_accept` makes it the same
+    line. Either is logged at most once a FD_LOG_INTERVAL, with how many happened since.
     """
 
     def __init__(self, reserve: int = FD_SPARE, *, limit: Callable[[], int] = soft_nofile,

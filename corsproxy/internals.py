@@ -26,6 +26,7 @@ SERVER = ("_kwargs", "_loop")  # web.Server instances: copied into guard.Guarded
 RUNNER = ("_make_server", "_shutdown_timeout")  # web.AppRunner: our own server; drain_timeout set at the stop
 APPLICATION = ("_router",)  # web.Application: app.CatchAllRouter
 STREAM_RESPONSE = ("_send_headers_immediately",)  # web.StreamResponse: head and body in one write (proxy.py)
+SITE = ("_runner", "_ssl_context", "_backlog", "_server")  # web.BaseSite: its own fields, in listener.ListenSite
 REQUEST = ("_payload_writer",)  # web.BaseRequest: has the response started (guard._check_body)
 
 # prometheus_client.Histogram (metrics.Metrics.publish): many observations added at once, to its per-bucket values

@@ -48,6 +48,7 @@ from .decisions import DecisionLog
 from .exchange import LIVE_KEY
 from .fastpath import FastHandler, fast_answerer
 from .guard import FD_SPARE, Descriptors, GuardedHandler, GuardedRunner
+from .listener import ListenSite
 from .metrics import ConfigState, Metrics, multiprocess_registry
 
 log = logging.getLogger("corsproxy")
@@ -305,13 +306,15 @@ class Server:
         config = self.config()
         self._signals()
         runner = self.proxy_runner = make_runner(self.app, config)
-        # accept() failing with EMFILE: one line a minute, not a traceback a second
+        # the admin listener's accept() failing with EMFILE (asyncio's loop): one line a minute, not a traceback
+        # a second; the proxy listener's are its Acceptor's, reported to the same Descriptors
         runner.descriptors.watch_accept(asyncio.get_running_loop())
         await runner.setup()
         self.runners.append(runner)
         # SO_REUSEPORT only for workers: a second copy started by mistake must fail, not share the port.
-        await web.TCPSite(runner, config.listen.host, config.listen.port, ssl_context=server_ssl(config),
-                          reuse_port=self.worker_dir is not None, backlog=LISTEN_BACKLOG).start()
+        await ListenSite(runner, config.listen.host, config.listen.port, ssl_context=server_ssl(config),
+                         reuse_port=self.worker_dir is not None, backlog=LISTEN_BACKLOG,
+                         descriptors=runner.descriptors).start()
         scheme = "https" if config.listen.tls else "http"
         log.info("%s pid %d listening on %s://%s:%s -> %s (event loop: %s)",
                  "worker" if self.worker_dir else "corsproxy", os.getpid(), scheme, config.listen.host,

@@ -30,13 +30,14 @@ def free_port() -> int:
 
 
 async def listen_loopback(runner: Any, port: int | None = None) -> int:
-    """Set up an aiohttp ``AppRunner`` (or corsproxy's GuardedRunner) and listen on 127.0.0.1; returns the port."""
-    from aiohttp import web  # (aiohttp is not needed for the rest of this module)
+    """Set up an aiohttp ``AppRunner`` (or corsproxy's GuardedRunner) and listen on 127.0.0.1 as ``serve``
+    listens (listener.ListenSite); returns the port."""
+    from .listener import ListenSite  # (aiohttp is not needed for the rest of this module)
 
-    port = port or free_port()
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return port
+    site = ListenSite(runner, "127.0.0.1", port or 0, descriptors=getattr(runner, "descriptors", None))
+    await site.start()
+    return site.port
 
 
 class ServeProcess:

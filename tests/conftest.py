@@ -21,6 +21,7 @@ from yarl import URL
 from corsproxy import config as cfg
 from corsproxy.app import build_app, reload
 from corsproxy.exchange import Exchange
+from corsproxy.listener import ListenSite
 from corsproxy.server import make_runner, server_ssl
 
 UPSTREAM_CORS = {
@@ -383,6 +384,19 @@ class ProxyTestServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
         return make_runner(self.app, self.config, fast_preflights=self.fast)
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        """TestServer's, but listening as ``serve`` listens (listener.ListenSite, not the loop's server)."""
+        if self.runner:
+            return
+        self._loop, self._ssl = loop, kwargs.pop("ssl", None)
+        runner = self.runner = await self._make_runner()
+        await runner.setup()
+        site = ListenSite(runner, self.host, self.port or 0, ssl_context=self._ssl, descriptors=runner.descriptors)
+        await site.start()
+        self.port = site.port
+        self.scheme = self.scheme or ("https" if self._ssl else "http")
+        self._root = URL(f"{self.scheme}://{self.host}:{self.port}")
 
 
 PROXY_PATHS = ["fast-path", "aiohttp-path"]

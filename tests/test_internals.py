@@ -29,6 +29,7 @@ async def test_every_private_aiohttp_member_corsproxy_uses_exists() -> None:
         "web_protocol": _missing(web_protocol, internals.WEB_PROTOCOL),
         "Server": _missing(server, internals.SERVER),
         "AppRunner": _missing(web.AppRunner, internals.RUNNER),
+        "BaseSite": _missing(web.BaseSite, internals.SITE),
         "Application": _missing(web.Application(), internals.APPLICATION),
         "StreamResponse": _missing(web.StreamResponse(), internals.STREAM_RESPONSE),
         "BaseRequest": _missing(make_mocked_request("GET", "/"), internals.REQUEST),
@@ -36,7 +37,7 @@ async def test_every_private_aiohttp_member_corsproxy_uses_exists() -> None:
     assert {where: names for where, names in missing.items() if names} == {}
 
 
-@pytest.mark.parametrize("module", ["guard", "fastpath", "proxy", "app", "server"])
+@pytest.mark.parametrize("module", ["guard", "fastpath", "proxy", "app", "server", "listener"])
 def test_every_private_aiohttp_member_the_code_touches_is_listed(module: str) -> None:
     """A new private use must be added to internals.py (and so to the test above)."""
     listed = {name for value in vars(internals).values() if isinstance(value, tuple) for name in value}

@@ -27,7 +27,7 @@ from corsproxy.app import build_app
 from corsproxy.exchange import Exchange
 from corsproxy.guard import GuardedRunner
 from corsproxy.server import make_runner
-from corsproxy.testing import ServeProcess, free_port, serve_process
+from corsproxy.testing import ServeProcess, free_port, listen_loopback, serve_process
 
 ALLOWED = "https://app.example.com"
 RULES = """
@@ -118,10 +118,7 @@ async def serve_proxy(upstream_url: str, extra: str = "", *, header_timeout: flo
     runner = make_runner(build_app(config, observers=[exchanges.append]), config)
     if header_timeout is not None:
         runner.header_timeout, runner.body_timeout = header_timeout, body_timeout
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return Served(runner.addresses[0][1], exchanges), runner
+    return Served(await listen_loopback(runner), exchanges), runner
 
 
 @pytest.fixture

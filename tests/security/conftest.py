@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import httptools
 import pytest
-from aiohttp import web
 
 from corsproxy import config as cfg
 from corsproxy.app import build_app
 from corsproxy.server import make_runner
+from corsproxy.testing import listen_loopback
 
 APP = "https://app.example.com"
 RULES = """
@@ -216,11 +216,9 @@ async def serve_edge(upstream_url: str, path: str, extra: str = "") -> AsyncIter
             f"limits:\n  body_timeout: 1\n  header_timeout: 2\n{RULES}")
     config = cfg.parse(text, "security.yaml", env={})
     runner = make_runner(build_app(config), config, fast_preflights=path == "connection-level")
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    port = await listen_loopback(runner)
     try:
-        yield Edge(runner.addresses[0][1], path)
+        yield Edge(port, path)
     finally:
         await runner.cleanup()
 
