@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes sharing the port with SO_REUSEPORT (a number, or 'auto' = CPU count)")
     serve.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
                        help="event loop: uvloop when installed (auto, the default; faster), or asyncio's own "
-                            "(fairer to each connection once a process is saturated: README \"Capacity\")")
+                            "(without corsproxy[speed], or to compare)")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate the config and print the effective rules",
