@@ -27,8 +27,9 @@ log = logging.getLogger("corsproxy")
 
 ACCEPT_BATCH = 128  # connections accepted per wakeup of the listening socket, so a burst cannot hold the loop
 ACCEPT_PAUSE = 1.0  # seconds without accepting once accept() finds no descriptor (asyncio's selector loop: 1 s)
-OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-GONE_BEFORE_ACCEPT = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)  # the client left while in the backlog
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+# This connection only, not the listener: the client left while in the backlog, or a firewall rule refused it.
+SKIP_ONE = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)
 
 
 def bind(host: str, port: int, *, backlog: int, reuse_port: bool) -> list[socket.socket]:
@@ -75,7 +76,7 @@ class Acceptor(asyncio.AbstractServer):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno in GONE_BEFORE_ACCEPT:
+                if exc.errno in SKIP_ONE:
                     continue
                 # Paused, not retried at once (a busy loop); the waiting clients stay in the backlog meanwhile,
                 # and the open connections keep being served.

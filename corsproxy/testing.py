@@ -29,13 +29,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def listen_loopback(runner: Any, port: int | None = None) -> int:
+async def listen_loopback(runner: Any, port: int | None = None, *, ssl_context: Any = None) -> int:
     """Set up an aiohttp ``AppRunner`` (or corsproxy's GuardedRunner) and listen on 127.0.0.1 as ``serve``
     listens (listener.ListenSite); returns the port."""
     from .listener import ListenSite  # (aiohttp is not needed for the rest of this module)
 
     await runner.setup()
-    site = ListenSite(runner, "127.0.0.1", port or 0, descriptors=getattr(runner, "descriptors", None))
+    site = ListenSite(runner, "127.0.0.1", port or 0, ssl_context=ssl_context,
+                      descriptors=getattr(runner, "descriptors", None))
     await site.start()
     return site.port
 

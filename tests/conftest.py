@@ -21,8 +21,8 @@ from yarl import URL
 from corsproxy import config as cfg
 from corsproxy.app import build_app, reload
 from corsproxy.exchange import Exchange
-from corsproxy.listener import ListenSite
 from corsproxy.server import make_runner, server_ssl
+from corsproxy.testing import listen_loopback
 
 UPSTREAM_CORS = {
     "Access-Control-Allow-Origin": "https://upstream-says.example",
@@ -386,15 +386,13 @@ class ProxyTestServer(TestServer):
         return make_runner(self.app, self.config, fast_preflights=self.fast)
 
     async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
-        """TestServer's, but listening as ``serve`` listens (listener.ListenSite, not the loop's server)."""
+        """TestServer's, but listening as ``serve`` listens (testing.listen_loopback: listener.ListenSite)."""
         if self.runner:
             return
+        assert self.host == "127.0.0.1", self.host
         self._loop, self._ssl = loop, kwargs.pop("ssl", None)
-        runner = self.runner = await self._make_runner()
-        await runner.setup()
-        site = ListenSite(runner, self.host, self.port or 0, ssl_context=self._ssl, descriptors=runner.descriptors)
-        await site.start()
-        self.port = site.port
+        self.runner = await self._make_runner()
+        self.port = await listen_loopback(self.runner, self.port, ssl_context=self._ssl)
         self.scheme = self.scheme or ("https" if self._ssl else "http")
         self._root = URL(f"{self.scheme}://{self.host}:{self.port}")
 
