@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -121,13 +122,15 @@ class FastHandler(GuardedHandler):
     before aiohttp's loop makes request objects of them; it owns that part of the pipeline: holding aiohttp's
     loop back meanwhile, resuming reading as the queue drains (as aiohttp's loop does), one relay at a time."""
 
-    __slots__ = ("_fast_answer", "_answering")
+    __slots__ = ("_fast_answer", "_answering", "_decompress", "_client")
     answers_queue = True
 
     def __init__(self, manager: web.Server, *, fast_answer: FastAnswer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast_answer = fast_answer
         self._answering = False
+        self._decompress = bool(kwargs.get("auto_decompress", True))  # for the parsers it makes (_new_parser)
+        self._client: str | None = None
         # A deque holds a 64-slot block (760 B) from the start; this queue is almost always empty or one deep.
         self._messages = MessageQueue()  # type: ignore[assignment]
         if isinstance(manager, GuardedServer):
@@ -145,6 +148,29 @@ class FastHandler(GuardedHandler):
         if self._keepalive_handle is not None:
             self._keepalive_handle.cancel()
             self._keepalive_handle = None
+
+    @property
+    def client(self) -> str:
+        """The client's address, as logs and metrics name it ("-" when unknown)."""
+        if self._client is None:
+            # (Not aiohttp's peername, which keeps the whole tuple: 0.15 KiB a connection; the connections from one
+            # address share the string.)
+            peer = None if self.transport is None else self.transport.get_extra_info("peername")
+            self._client = sys.intern(str(peer[0])) if isinstance(peer, tuple) else "-"
+        return self._client
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None and self.transport is not None:
+            self._parser = self._new_parser()  # the first bytes since the connection went idle (_answer_queue)
+        super().data_received(data)
+
+    def _new_parser(self) -> Any:
+        """A request parser as aiohttp's ``RequestHandler.__init__`` makes one (tests/test_internals.py compares)."""
+        return web_protocol.HttpRequestParser(
+            self, self._loop, self._read_bufsize, max_line_size=self.max_line_size,
+            max_field_size=self.max_field_size, max_headers=self.max_headers,
+            payload_exception=web_protocol.RequestPayloadError, auto_decompress=self._decompress,
+            max_msg_queue_size=web_protocol.MAX_MSG_QUEUE_SIZE)
 
     def _start_loop(self) -> None:
         if self._task_handler is None and not self._closing():
@@ -183,6 +209,10 @@ class FastHandler(GuardedHandler):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             self._start_loop()
+        elif self._at_rest and not self._messages and self._relay_task is None and self._task_handler is None:
+            # Idle between requests, and the parser holds nothing: it goes, and the last request's headers, path
+            # and URL it keeps with it (1.7 KiB an idle connection in all); the next bytes make a new one.
+            self._parser = None
 
     def _answer_queued(self) -> None:
         while self._messages and not self._closing():
@@ -277,11 +307,11 @@ def fast_answerer(app: web.Application) -> FastAnswer:
             return None
         has_body = payload is not EMPTY_PAYLOAD
         if known.head is not None:  # answered here, unless a body must be read first (rare: a rejection)
-            return None if has_body else _answered(app, taps, known, msg, _client(handler))
+            return None if has_body else _answered(app, taps, known, msg, handler.client)
         host = msg.headers.get("Host")
         if not host or (has_body and not _takes_body(snap, msg)):
             return None
-        request = Message(msg.method, msg.path, msg.headers, _client(handler), _scheme(handler), host)
+        request = Message(msg.method, msg.path, msg.headers, handler.client, _scheme(handler), host)
         return _relayed(app, taps, snap, known.decision, request, handler, payload)
 
     return answer
@@ -295,9 +325,6 @@ def _takes_body(snap: Snapshot, msg: RawRequestMessage) -> bool:
     return limit is None or int(msg.headers.get("Content-Length", "0")) <= limit
 
 
-def _client(handler: FastHandler) -> str:
-    peer = handler.peername
-    return str(peer[0]) if isinstance(peer, tuple) else "-"
 
 
 def _scheme(handler: FastHandler) -> str:

@@ -86,7 +86,8 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
                  "_head_bytes", "_rx", "_rx_mark", "_after_chunked", "_min_rate", "_body_active", "_body_tick",
-                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task", "_started", "_descriptors")
+                 "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task", "_started", "_descriptors",
+                 "_at_rest")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
                  min_data_rate: float | None = None, descriptors: Descriptors | None = None, **kwargs: Any) -> None:
@@ -110,6 +111,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._rx = self._rx_mark = 0  # bytes received; at most where the next request's head began
         self._after_chunked = False  # a chunked request came: nothing after it on this connection is served
         self._started = False  # aiohttp's loop (start(), its task) has begun
+        self._at_rest = False  # the bytes received so far end where a message without a body ends (_ends_message)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -155,6 +157,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         if hold:
             self._waiter = None
         super().data_received(data)
+        self._at_rest = self._ends_message(data, before)
         if hold:
             self._waiter = waiter
         if len(self._messages) > before:
@@ -184,6 +187,16 @@ class GuardedHandler(web_protocol.RequestHandler):
             super().resume_reading(resume_parser)
 
     answers_queue = False  # fastpath.FastHandler: it answers messages off the queue (see _received)
+
+    def _ends_message(self, data: bytes, before: int) -> bool:
+        """Whether ``data``, just parsed, left the parser between messages, holding nothing: it queued a message
+        without a body and ends in the blank line that ends a head. (A request head cannot hold CRLF CRLF, so
+        bytes of a next head behind that message would have made a message, or a parse error, of their own.)"""
+        if not data.endswith(b"\r\n\r\n") or len(self._messages) <= before or self._buffer_paused \
+                or self._upgraded:
+            return False  # (a full queue pauses the parser, which then holds the bytes behind it)
+        msg, payload = self._messages[-1]
+        return payload is EMPTY_PAYLOAD and isinstance(msg, RawRequestMessage) and not msg.upgrade
 
     def _loop_not_started(self) -> bool:
         return not self._started  # (its task is made in connection_made, before any data_received)

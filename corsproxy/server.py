@@ -89,7 +89,8 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     (guard.Descriptors): three a pooled connection (its socket, and the pipe a splice keeps).
     """
     handler, kwargs = (FastHandler, {"fast_answer": fast_answerer(app)}) if fast_preflights else (GuardedHandler, {})
-    return GuardedRunner(app, handler_cancellation=True, access_log=None,
+    # timeout_ceil_threshold: aiohttp's default as a float, which each connection then shares (float(5) is a new one).
+    return GuardedRunner(app, handler_cancellation=True, access_log=None, timeout_ceil_threshold=5.0,
                          descriptors=Descriptors(3 * config.upstream.max_connections + FD_SPARE),
                          shutdown_timeout=config.listen.drain_timeout,
                          header_timeout=config.limits.header_timeout, body_timeout=config.limits.body_timeout,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from yarl import URL
@@ -122,10 +122,52 @@ async def test_an_idle_connection_holds_no_aiohttp_loop_and_still_closes_at_its_
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             length = head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
             await asyncio.wait_for(reader.readexactly(int(length or 0)), 5)
-        (conn,) = server.connections
-        assert conn._task_handler is None and not conn._messages  # answered at the connection, nothing of aiohttp's
+            (conn,) = server.connections
+            # Answered at the connection, nothing of aiohttp's; nor a parser (the next bytes make one).
+            assert conn._task_handler is None and not conn._messages
+            await _until(lambda: conn._parser is None)  # (a relay ends a moment after its last byte is sent)
         assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the keep-alive timer, not before
         assert not server.connections
+    finally:
+        writer.close()
+
+
+async def _until(condition: Callable[[], bool], what: object = None) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+async def test_a_head_split_anywhere_after_an_answer_keeps_the_parser_until_it_is_whole(make_proxy: MakeProxy,
+                                                                                      upstream: Upstream) -> None:
+    """An idle connection drops its parser (fastpath.FastHandler); bytes of a next head behind an answered request
+    must keep it, wherever they end, or that request would be parsed from its middle."""
+    proxy = await make_proxy()
+    server = proxy.client.server.runner.server
+    target = URL(proxy.url)
+    second = GET.replace(b"/api/x", b"/api/second")
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+
+    async def answer() -> bytes:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
+        await asyncio.wait_for(reader.readexactly(int(length or 0)), 5)
+        return head.split(b"\r\n")[0]
+
+    try:
+        for cut in range(1, len(second)):
+            writer.write(PREFLIGHT + second[:cut])
+            assert await answer() == b"HTTP/1.1 204 No Content"
+            (conn,) = server.connections
+            assert conn._parser is not None, cut
+            writer.write(second[cut:])
+            assert await answer() == b"HTTP/1.1 200 OK", cut
+            assert upstream.seen[-1].path.endswith("/api/second")
+            if len(second) - cut >= 4:  # (a chunk that does not itself end in the blank line keeps it: _ends_message)
+                await _until(lambda: conn._parser is None, cut)
+        assert len(upstream.seen) == len(second) - 1
     finally:
         writer.close()
 

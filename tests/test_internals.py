@@ -51,6 +51,30 @@ def test_every_private_aiohttp_member_the_code_touches_is_listed(module: str) ->
     assert used - defined - listed - {"_guard"} == set()
 
 
+async def test_a_parser_fastpath_remakes_is_made_as_aiohttps_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FastHandler drops an idle connection's parser and makes another for the next request (_new_parser): with
+    the arguments aiohttp's RequestHandler gives its own (a limit or option added there fails this)."""
+    from corsproxy.fastpath import FastHandler
+
+    made: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    class Recorder:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            made.append((args, kwargs))
+
+    monkeypatch.setattr(web_protocol, "HttpRequestParser", Recorder)
+    server = web.Server(lambda request: None, loop=asyncio.get_running_loop())  # type: ignore[arg-type, return-value]
+    handler = FastHandler(server, fast_answer=lambda *_: None, loop=asyncio.get_running_loop(), header_timeout=1,
+                          body_timeout=1, max_field_size=16384, max_line_size=100, max_headers=7,
+                          auto_decompress=False, read_bufsize=12345)
+    handler._new_parser()
+    (own_args, own_kwargs), (new_args, new_kwargs) = made
+    assert own_args[0] is new_args[0] is handler
+    assert (own_args[1:], own_kwargs) == (new_args[1:], new_kwargs)
+    assert {"max_line_size": 100, "max_headers": 7, "auto_decompress": False}.items() <= new_kwargs.items()
+    assert 12345 in new_args
+
+
 def test_the_installed_aiohttp_is_within_the_minor_release_pyproject_pins() -> None:
     """The pin names one minor release (members move between them) from the oldest patch the suite ran on."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

@@ -338,11 +338,23 @@ def test_the_corpus_has_at_least_150_distinct_shapes() -> None:
     assert len(ids) == len(set(ids)) and len(ids) >= 150
 
 
+# Before the shape, on its connection: nothing, or a preflight the proxy answers and a GET it relays (after which
+# the connection-level path has dropped its parser and parses the shape with a new one: fastpath.FastHandler).
+BEFORE = {"fresh": b"", "after-answers": get("/api/before", "Access-Control-Request-Method: PUT", method="OPTIONS")
+          + get("/api/before")}
+
+
+@pytest.mark.parametrize("before", BEFORE)
 @pytest.mark.parametrize(("data", "meant"), [(d, m) for _, d, m in SHAPES], ids=[i for i, _, _ in SHAPES])
 async def test_hostile_request_is_refused_or_forwarded_exactly_as_meant(
-        strict_upstream: StrictUpstream, request_path: str, data: bytes, meant: Expected) -> None:
+        strict_upstream: StrictUpstream, request_path: str, data: bytes, meant: Expected, before: str) -> None:
     async with serve_edge(strict_upstream.url, request_path) as edge:
         async with connect(edge.port) as conn:
+            if BEFORE[before]:
+                await conn.send(BEFORE[before])
+                assert [a.status for a in await conn.responses(2)] == [204, 200]
+                assert [m.target for m in strict_upstream.messages] == ["/api/before"]
+                del strict_upstream.messages[:]
             await conn.send(data)
             answers = await conn.responses(len(meant) if isinstance(meant, tuple) else 1, idle=3.0)
             assert answers, f"no answer (received {conn.received[:200]!r})"
