@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web, web_protocol
+from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -64,6 +64,9 @@ class Message:
     scheme: str
     host: str
 
+
+# Seconds between requests on a connection within which it keeps its request parser (FastHandler._parser_back).
+KEEP_PARSER = 1.0
 
 # Remembered decisions per config snapshot; a full memo starts over, and a request whose CORS inputs are
 # longer than MAX_REMEMBERED_CHARS is decided each time: together they bound its memory to a few MiB.
@@ -122,15 +125,15 @@ class FastHandler(GuardedHandler):
     before aiohttp's loop makes request objects of them; it owns that part of the pipeline: holding aiohttp's
     loop back meanwhile, resuming reading as the queue drains (as aiohttp's loop does), one relay at a time."""
 
-    __slots__ = ("_fast_answer", "_answering", "_decompress", "_client")
+    __slots__ = ("_fast_answer", "_answering", "_client", "_keep_parser")
     answers_queue = True
 
     def __init__(self, manager: web.Server, *, fast_answer: FastAnswer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast_answer = fast_answer
         self._answering = False
-        self._decompress = bool(kwargs.get("auto_decompress", True))  # for the parsers it makes (_new_parser)
         self._client: str | None = None
+        self._keep_parser = False  # between requests (_parser_back)
         # A deque holds a 64-slot block (760 B) from the start; this queue is almost always empty or one deep.
         self._messages = MessageQueue()  # type: ignore[assignment]
         if isinstance(manager, GuardedServer):
@@ -159,18 +162,11 @@ class FastHandler(GuardedHandler):
             self._client = sys.intern(str(peer[0])) if isinstance(peer, tuple) else "-"
         return self._client
 
-    def data_received(self, data: bytes) -> None:
-        if self._parser is None and self.transport is not None:
-            self._parser = self._new_parser()  # the first bytes since the connection went idle (_answer_queue)
-        super().data_received(data)
-
-    def _new_parser(self) -> Any:
-        """A request parser as aiohttp's ``RequestHandler.__init__`` makes one (tests/test_internals.py compares)."""
-        return web_protocol.HttpRequestParser(
-            self, self._loop, self._read_bufsize, max_line_size=self.max_line_size,
-            max_field_size=self.max_field_size, max_headers=self.max_headers,
-            payload_exception=web_protocol.RequestPayloadError, auto_decompress=self._decompress,
-            max_msg_queue_size=web_protocol.MAX_MSG_QUEUE_SIZE)
+    def _parser_back(self) -> None:
+        # Requests that come this close together keep their parser between them (making one costs a tenth of a
+        # preflight); the server's sweep takes it once they stop (_swept).
+        self._keep_parser = self._loop.time() - self._last_rx < KEEP_PARSER
+        super()._parser_back()
 
     def _start_loop(self) -> None:
         if self._task_handler is None and not self._closing():
@@ -209,10 +205,20 @@ class FastHandler(GuardedHandler):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             self._start_loop()
-        elif self._at_rest and not self._messages and self._relay_task is None and self._task_handler is None:
-            # Idle between requests, and the parser holds nothing: it goes, and the last request's headers, path
-            # and URL it keeps with it (1.7 KiB an idle connection in all); the next bytes make a new one.
+        elif not self._keep_parser:
+            self._rest()
+
+    def _rest(self) -> None:
+        """Between requests, with a parser that holds nothing, let it go, and the last request's headers, path and
+        URL it keeps with it (1.7 KiB an idle connection in all); the next bytes make a new one (guard._received)."""
+        if self._at_rest and not self._messages and self._relay_task is None and self._task_handler is None:
             self._parser = None
+            self._keep_parser = False
+
+    def _swept(self, now: float) -> None:
+        super()._swept(now)
+        if self._keep_parser and now - self._last_rx >= KEEP_PARSER:
+            self._rest()
 
     def _answer_queued(self) -> None:
         while self._messages and not self._closing():

@@ -87,11 +87,12 @@ class GuardedHandler(web_protocol.RequestHandler):
     __slots__ = ("_header_timeout", "_body_timeout", "_header_timer", "_body_timer", "_last_rx", "_quiet",
                  "_head_bytes", "_rx", "_rx_mark", "_after_chunked", "_min_rate", "_body_active", "_body_tick",
                  "_body_mark", "_wait_since", "_wait_acked", "_write_timer", "_relay_task", "_started", "_descriptors",
-                 "_at_rest")
+                 "_at_rest", "_decompress")
 
     def __init__(self, manager: web.Server, *, header_timeout: float, body_timeout: float,
                  min_data_rate: float | None = None, descriptors: Descriptors | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._decompress = bool(kwargs.get("auto_decompress", True))  # for a parser made again (_new_parser)
         self._descriptors = descriptors
         self._min_rate = min_data_rate
         # Over each MIN_RATE_GRACE seconds a body is read (not paused by us): seconds so far, last look, bytes before.
@@ -111,7 +112,7 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._rx = self._rx_mark = 0  # bytes received; at most where the next request's head began
         self._after_chunked = False  # a chunked request came: nothing after it on this connection is served
         self._started = False  # aiohttp's loop (start(), its task) has begun
-        self._at_rest = False  # the bytes received so far end where a message without a body ends (_ends_message)
+        self._at_rest = False  # the bytes received so far end where a message without a body ends (_received)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -136,6 +137,8 @@ class GuardedHandler(web_protocol.RequestHandler):
         self._received(data)
 
     def _received(self, data: bytes) -> None:
+        if self._parser is None and self.transport is not None:
+            self._parser_back()  # (let go between requests: fastpath.FastHandler)
         self._last_rx = self._loop.time()
         start = self._rx
         self._rx = start + len(data)
@@ -157,7 +160,12 @@ class GuardedHandler(web_protocol.RequestHandler):
         if hold:
             self._waiter = None
         super().data_received(data)
-        self._at_rest = self._ends_message(data, before)
+        # Whether the parser is left between messages holding nothing (fastpath.FastHandler then lets it go): these
+        # bytes queued a message without a body and end in the blank line that ends a head. A head cannot hold CRLF
+        # CRLF, so bytes of a next head behind that message would have made a message, or a parse error, of their
+        # own; a full queue pauses the parser, which then holds the bytes behind it. (Inline: every chunk runs it.)
+        self._at_rest = len(self._messages) > before and data.endswith(b"\r\n\r\n") \
+            and self._messages[-1][1] is EMPTY_PAYLOAD and not self._buffer_paused and not self._upgraded
         if hold:
             self._waiter = waiter
         if len(self._messages) > before:
@@ -188,15 +196,22 @@ class GuardedHandler(web_protocol.RequestHandler):
 
     answers_queue = False  # fastpath.FastHandler: it answers messages off the queue (see _received)
 
-    def _ends_message(self, data: bytes, before: int) -> bool:
-        """Whether ``data``, just parsed, left the parser between messages, holding nothing: it queued a message
-        without a body and ends in the blank line that ends a head. (A request head cannot hold CRLF CRLF, so
-        bytes of a next head behind that message would have made a message, or a parse error, of their own.)"""
-        if not data.endswith(b"\r\n\r\n") or len(self._messages) <= before or self._buffer_paused \
-                or self._upgraded:
-            return False  # (a full queue pauses the parser, which then holds the bytes behind it)
-        msg, payload = self._messages[-1]
-        return payload is EMPTY_PAYLOAD and isinstance(msg, RawRequestMessage) and not msg.upgrade
+    def _parser_back(self) -> None:
+        self._parser = self._new_parser()
+
+    def _new_parser(self) -> Any:
+        """A request parser as aiohttp's ``RequestHandler.__init__`` makes one (tests/test_internals.py compares)."""
+        return web_protocol.HttpRequestParser(
+            self, self._loop, self._read_bufsize, max_line_size=self.max_line_size,
+            max_field_size=self.max_field_size, max_headers=self.max_headers,
+            payload_exception=web_protocol.RequestPayloadError, auto_decompress=self._decompress,
+            max_msg_queue_size=web_protocol.MAX_MSG_QUEUE_SIZE)
+
+    def _swept(self, now: float) -> None:
+        """The server's look at a connection that keeps no keep-alive timer of its own, every KEEPALIVE_SWEEP
+        seconds (GuardedServer.watch_keepalive)."""
+        if self._keepalive_handle is None and self._keepalive_timeout > 0 and now >= self._next_keepalive_close_time:
+            self._process_keepalive()
 
     def _loop_not_started(self) -> bool:
         return not self._started  # (its task is made in connection_made, before any data_received)
@@ -566,9 +581,8 @@ class GuardedServer(web.Server):
         now = self._loop.time()
         connections = self.connections  # (a copy: a connection closed here leaves it)
         for conn in connections:
-            if conn._keepalive_handle is None and conn._keepalive_timeout > 0 \
-                    and now >= conn._next_keepalive_close_time:
-                conn._process_keepalive()
+            if isinstance(conn, GuardedHandler):
+                conn._swept(now)
         if connections:
             self.watch_keepalive()
 

@@ -14,7 +14,7 @@ REQUEST_HANDLER = (
     "_messages",  # the parsed-message queue the fast path takes from (a fastpath.MessageQueue in its place)
     "_task_handler",  # aiohttp's loop task: started only when a message is left for it (fastpath.FastHandler)
     "_waiter",  # aiohttp's loop waiting for a message: held back, then woken
-    "_parser",  # message_consumed() for each message taken; dropped while idle, then remade (fastpath._new_parser)
+    "_parser",  # message_consumed() for each message taken; dropped while idle, then remade (guard._new_parser)
     "_read_bufsize", "_upgraded",  # what a parser is made with; an upgrade's bytes are not the parser's
     "_close", "_force_close",  # closing after this response / now
     "_current_request", "_request_in_progress", "_handler_waiter",  # a request in flight; the stop waits for it
@@ -23,7 +23,7 @@ REQUEST_HANDLER = (
     "_drain_helper", "_paused", "_loop",  # writing paused: a response waits in our buffer (RESPONSE_BUFFER)
 )
 # aiohttp.web_protocol: a parse error queued as a message (guard._check_new); what RequestHandler makes its parser
-# with (fastpath.FastHandler._new_parser: tests/test_internals.py compares the two).
+# with (guard.GuardedHandler._new_parser: tests/test_internals.py compares the two).
 WEB_PROTOCOL = ("_ErrInfo", "HttpRequestParser", "RequestPayloadError", "MAX_MSG_QUEUE_SIZE")
 SERVER = ("_kwargs", "_loop")  # web.Server instances: copied into guard.GuardedServer
 RUNNER = ("_make_server", "_shutdown_timeout")  # web.AppRunner: our own server; drain_timeout set at the stop

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from yarl import URL
 
+from corsproxy import fastpath
 from tests.conftest import MakeProxy, Proxy, Upstream
 
 ORIGIN = "https://app.example.com"
@@ -122,10 +123,8 @@ async def test_an_idle_connection_holds_no_aiohttp_loop_and_still_closes_at_its_
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             length = head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
             await asyncio.wait_for(reader.readexactly(int(length or 0)), 5)
-            (conn,) = server.connections
-            # Answered at the connection, nothing of aiohttp's; nor a parser (the next bytes make one).
-            assert conn._task_handler is None and not conn._messages
-            await _until(lambda: conn._parser is None)  # (a relay ends a moment after its last byte is sent)
+        (conn,) = server.connections
+        assert conn._task_handler is None and not conn._messages  # answered at the connection, nothing of aiohttp's
         assert await asyncio.wait_for(reader.read(), 3) == b""  # closed by the keep-alive timer, not before
         assert not server.connections
     finally:
@@ -140,32 +139,58 @@ async def _until(condition: Callable[[], bool], what: object = None) -> None:
     assert condition(), what
 
 
-async def test_a_head_split_anywhere_after_an_answer_keeps_the_parser_until_it_is_whole(make_proxy: MakeProxy,
-                                                                                      upstream: Upstream) -> None:
+async def _answer(reader: asyncio.StreamReader) -> bytes:
+    """One response off ``reader``; its status line."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
+    await asyncio.wait_for(reader.readexactly(int(length or 0)), 5)
+    return head.split(b"\r\n")[0]
+
+
+async def test_a_connection_keeps_its_parser_only_between_requests_that_come_close_together(
+        make_proxy: MakeProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "KEEP_PARSER", 0.3)
+    proxy = await make_proxy()
+    server = proxy.client.server.runner.server
+    target = URL(proxy.url)
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    try:
+        writer.write(PREFLIGHT)
+        assert await _answer(reader) == b"HTTP/1.1 204 No Content"
+        (conn,) = server.connections
+        await _until(lambda: conn._parser is None)  # a first request: gone once it is answered
+        writer.write(GET)
+        assert await _answer(reader) == b"HTTP/1.1 200 OK"
+        assert conn._parser is not None  # a second one soon after: kept for the next ...
+        await _until(lambda: conn._parser is None)  # ... until the server's sweep finds it quiet for KEEP_PARSER
+        await asyncio.sleep(0.3)
+        writer.write(GET)
+        assert await _answer(reader) == b"HTTP/1.1 200 OK"
+        await _until(lambda: conn._parser is None)  # after a quiet spell: gone at once again
+    finally:
+        writer.close()
+
+
+async def test_a_head_split_anywhere_after_an_answer_keeps_the_parser_until_it_is_whole(
+        make_proxy: MakeProxy, upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle connection drops its parser (fastpath.FastHandler); bytes of a next head behind an answered request
     must keep it, wherever they end, or that request would be parsed from its middle."""
+    monkeypatch.setattr(fastpath, "KEEP_PARSER", 0.0)  # (dropped after every request, not only after quiet)
     proxy = await make_proxy()
     server = proxy.client.server.runner.server
     target = URL(proxy.url)
     second = GET.replace(b"/api/x", b"/api/second")
     reader, writer = await asyncio.open_connection(target.host, target.port)
-
-    async def answer() -> bytes:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        length = head.lower().partition(b"content-length: ")[2].split(b"\r\n")[0]
-        await asyncio.wait_for(reader.readexactly(int(length or 0)), 5)
-        return head.split(b"\r\n")[0]
-
     try:
         for cut in range(1, len(second)):
             writer.write(PREFLIGHT + second[:cut])
-            assert await answer() == b"HTTP/1.1 204 No Content"
+            assert await _answer(reader) == b"HTTP/1.1 204 No Content"
             (conn,) = server.connections
             assert conn._parser is not None, cut
             writer.write(second[cut:])
-            assert await answer() == b"HTTP/1.1 200 OK", cut
+            assert await _answer(reader) == b"HTTP/1.1 200 OK", cut
             assert upstream.seen[-1].path.endswith("/api/second")
-            if len(second) - cut >= 4:  # (a chunk that does not itself end in the blank line keeps it: _ends_message)
+            if len(second) - cut >= 4:  # (a chunk that does not itself end in the blank line keeps it: guard._received)
                 await _until(lambda: conn._parser is None, cut)
         assert len(upstream.seen) == len(second) - 1
     finally:
