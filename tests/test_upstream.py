@@ -293,6 +293,48 @@ async def test_a_request_waiting_for_a_free_connection_gets_the_one_released(aio
     await pool.close()
 
 
+async def test_requests_waiting_for_a_connection_are_served_in_arrival_order(aiohttp_server):
+    """A released connection goes to the request waiting longest, even when a newer one runs first; a request
+    that stops waiting passes what it was given on (the slot is not lost)."""
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server, limit=1, connect_timeout=3.0)
+    served: list[str] = []
+
+    async def use(name: str) -> None:
+        resp = await pool.request("GET", f"/{name}", [("Host", "up")], None, length=None)
+        served.append(name)
+        await _body(resp)
+
+    first = await pool.request("GET", "/first", [("Host", "up")], None, length=None)
+    waiting = [asyncio.ensure_future(use(name)) for name in ("a", "b", "gone", "c")]
+    await asyncio.sleep(0.1)
+    assert len(pool._waiters) == 4
+    waiting[2].cancel()
+    newer = asyncio.ensure_future(use("newer"))  # scheduled to run before the wake-up the release below makes
+    await _body(first)  # (releases the connection)
+    await asyncio.wait_for(asyncio.gather(*waiting, newer, return_exceptions=True), 5)
+    assert served == ["a", "b", "c", "newer"]
+    assert pool._count == 1 and len(pool._idle) == 1 and not pool._waiters
+    await pool.close()
+
+
+async def test_a_connection_given_to_a_request_cancelled_before_it_woke_goes_to_the_next(aiohttp_server):
+    server = await _app_server(aiohttp_server)
+    pool = _pool(server, limit=1, connect_timeout=3.0)
+    first = await pool.request("GET", "/first", [("Host", "up")], None, length=None)
+    a, b = (asyncio.ensure_future(pool.request("GET", f"/{n}", [("Host", "up")], None, length=None)) for n in "ab")
+    await asyncio.sleep(0.1)
+    while await first.read():
+        pass
+    first.release()  # given to a ...
+    a.cancel()  # ... which is cancelled before it runs
+    second = await asyncio.wait_for(b, 2)
+    assert a.cancelled() and second.conn is first.conn
+    assert b'"path": "/b"' in await _body(second)
+    assert pool._count == 1 and pool._idle == [first.conn]
+    await pool.close()
+
+
 async def test_a_pooled_connection_the_upstream_closed_unanswered_is_retried_once_on_a_new_one():
     seen = []
 
