@@ -534,7 +534,7 @@ class Pool:
         # First come, first served: while requests wait, a connection or slot that frees goes to the one waiting
         # longest (_hand_over), and a newer request queues behind them. (Woken to look again, a waiter found the
         # connection taken by newer requests run before it, and queued again at the back: at 1,000 clients on 100
-        # connections some waited ten times the median; bench/README.md.)
+        # connections the p99 was four times the median; bench/README.md.)
         if not self._waiters:
             while self._idle:
                 conn = self._idle.pop()
