@@ -1,4 +1,4 @@
-"""Answers at the connection, before aiohttp makes request objects (``guard.FastAnswer``).
+"""Answers at the connection, before aiohttp makes request objects.
 
 aiohttp's per-request machinery (a ``Request``, a Task, ``StreamResponse.prepare``/``write_eof``)
 is most of what a preflight costs and a third of a small proxied GET (bench/README.md). For the
@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -72,6 +72,9 @@ KEEP_PARSER = 1.0
 # longer than MAX_REMEMBERED_CHARS is decided each time: together they bound its memory to a few MiB.
 MAX_REMEMBERED = 1024
 MAX_REMEMBERED_CHARS = 2048
+# Request heads the proxy answered itself, remembered byte for byte (Memo.heads), and the longest so remembered:
+# a browser repeats its preflights to an endpoint exactly, and answering one again unparsed costs a third of it.
+MAX_REMEMBERED_HEAD = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +91,23 @@ class Known:
         return b"%sDate: %s\r\n\r\n%s" % (self.head, rfc822_formatted_time().encode(), self.body)
 
 
+@dataclass(frozen=True, slots=True)
+class Again:
+    """A request head the proxy answered itself, as the bytes it came in: all it takes to answer them again."""
+
+    known: Known
+    method: str
+    path: str
+
+
 @dataclass(slots=True)
 class Memo:
-    """:class:`Known` answers by (method, path without query, ``CorsRequest.header_key``), for one snapshot."""
+    """:class:`Known` answers by (method, path without query, ``CorsRequest.header_key``), for one snapshot; and
+    by the whole head's bytes, for heads the proxy answered itself (``heads``)."""
 
     snap: Snapshot
     known: dict[tuple[object, ...], Known]
+    heads: dict[bytes, Again] = field(default_factory=dict)
 
     def learn(self, key: tuple[object, ...], msg: RawRequestMessage) -> Known | None:
         """Decide ``msg`` (None: its path is refused, aiohttp's path answers it) and remember the answer."""
@@ -112,12 +126,13 @@ class Memo:
             self.known[key] = known
         return known
 
-
-# Given a parsed keep-alive request, its body (EMPTY_PAYLOAD, or a StreamReader that has all of it) and its
-# connection: the whole response's bytes, or a coroutine that relays it (writing to ``handler.transport``), when
-# it can be answered without aiohttp's request objects; else None, and aiohttp's loop takes the request.
-# Only the coroutine may read the body: reading can resume a paused transport, which re-enters data_received.
-FastAnswer = Callable[[RawRequestMessage, StreamReader, "FastHandler"], "bytes | Coroutine[Any, Any, None] | None"]
+    def learn_head(self, head: bytes, known: Known, msg: RawRequestMessage) -> None:
+        """Remember that ``head``, a whole request head on a parser that held nothing, parsed to ``msg`` and was
+        answered with ``known`` (the same bytes parse the same way, and ``decide`` is pure)."""
+        if len(head) <= MAX_REMEMBERED_HEAD:
+            if len(self.heads) >= MAX_REMEMBERED:
+                self.heads.clear()
+            self.heads[head] = Again(known, msg.method, msg.path)
 
 
 class FastHandler(GuardedHandler):
@@ -125,15 +140,16 @@ class FastHandler(GuardedHandler):
     before aiohttp's loop makes request objects of them; it owns that part of the pipeline: holding aiohttp's
     loop back meanwhile, resuming reading as the queue drains (as aiohttp's loop does), one relay at a time."""
 
-    __slots__ = ("_fast_answer", "_answering", "_client", "_keep_parser")
+    __slots__ = ("_fast_answer", "_answering", "_client", "_keep_parser", "_chunk")
     answers_queue = True
 
-    def __init__(self, manager: web.Server, *, fast_answer: FastAnswer, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, fast_answer: Answerer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._fast_answer = fast_answer
         self._answering = False
         self._client: str | None = None
         self._keep_parser = False  # between requests (_parser_back)
+        self._chunk: bytes | None = None  # the chunk being parsed, when it may be a whole head alone (_received)
         # A deque holds a 64-slot block (760 B) from the start; this queue is almost always empty or one deep.
         self._messages = MessageQueue()  # type: ignore[assignment]
         if isinstance(manager, GuardedServer):
@@ -161,6 +177,41 @@ class FastHandler(GuardedHandler):
             peer = None if self.transport is None else self.transport.get_extra_info("peername")
             self._client = sys.intern(str(peer[0])) if isinstance(peer, tuple) else "-"
         return self._client
+
+    def _received(self, data: bytes) -> None:
+        # A chunk may be one whole head the proxy answered itself before: those very bytes, byte for byte, get the
+        # same answer again without a parse, when the connection is between messages with nothing of aiohttp's loop
+        # or a relay on it (a head that differs in one byte, or with anything before or after it, is parsed as ever).
+        # (A longer chunk is never looked up: hashing it would cost a body's chunks more than the look-up saves.)
+        again = self._fast_answer.heads.get(data) if len(data) <= MAX_REMEMBERED_HEAD else None
+        if again is not None and self._between() and (response := self._fast_answer.again(again, self)) is not None:
+            self._answered_again(data, response)
+            return
+        # (the chunk's first message may then be all of it, and be remembered: sole_head)
+        self._chunk = data if (self._at_rest or not self._rx) and not self._messages else None
+        super()._received(data)
+        self._chunk = None
+
+    def _between(self) -> bool:
+        """Between messages, the parser holding nothing, and no response of aiohttp's loop or a relay to come."""
+        return (self._at_rest or not self._rx) and not self._messages and self._relay_task is None \
+            and self._task_handler is None and not self._after_chunked and not self._closing()
+
+    def _answered_again(self, data: bytes, response: bytes) -> None:
+        """What parsing ``data`` into one message and answering it would have left on the connection."""
+        self._last_rx = self._loop.time()
+        self._rx_mark, self._rx = self._rx, self._rx + len(data)
+        self._request_count += 1
+        self._cancel(header=True)
+        self._at_rest = True
+        assert self.transport is not None
+        self.transport.write(response)
+        self._restart_keepalive()
+
+    def sole_head(self) -> bytes | None:
+        """The bytes of the message being answered when they are the whole chunk just received, on a parser that held
+        nothing before it (the fast path's ``again`` may then answer the same bytes without a parse)."""
+        return self._chunk if self._at_rest and len(self._messages) == 1 else None
 
     def _parser_back(self) -> None:
         # Requests that come this close together keep their parser between them (making one costs a tenth of a
@@ -233,6 +284,7 @@ class FastHandler(GuardedHandler):
             if answer is None:
                 break
             self._messages.popleft()
+            self._chunk = None  # (only a chunk's first message can be all of it: sole_head)
             if self._parser is not None:
                 self._parser.message_consumed()  # as aiohttp's loop does for each message it takes
             if not isinstance(answer, bytes):  # relayed by a task; the queue waits for it
@@ -294,33 +346,60 @@ class MessageQueue(list[Any]):
         return self.pop(0)
 
 
-def fast_answerer(app: web.Application) -> FastAnswer:
-    """The ``fast_answer`` for the proxy app's connections."""
-    memo: Memo | None = None
-    taps = app[TAPS_KEY]  # (the list itself: a tap added later is seen)
+class Answerer:
+    """The proxy app's ``fast_answer``, and its answers to heads it has seen before (``again``)."""
 
-    def answer(msg: RawRequestMessage, payload: StreamReader,
-               handler: FastHandler) -> bytes | Coroutine[Any, Any, None] | None:
-        nonlocal memo
+    __slots__ = ("app", "live", "taps", "memo", "heads")
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.live = app[LIVE_KEY]
+        self.taps = app[TAPS_KEY]  # (the list itself: a tap added later is seen)
+        self.memo: Memo | None = None
+        self.heads: dict[bytes, Again] = {}  # the memo's, for a look-up that costs a chunk nothing when it misses
+
+    def _memo(self) -> Memo:
+        snap = self.live.current
+        if self.memo is None or self.memo.snap is not snap:  # a reload forgets everything decided before
+            self.memo = Memo(snap, {})
+            self.heads = self.memo.heads
+        return self.memo
+
+    def __call__(self, msg: RawRequestMessage, payload: StreamReader,
+                 handler: FastHandler) -> bytes | Coroutine[Any, Any, None] | None:
+        """Given a parsed keep-alive request, its body (EMPTY_PAYLOAD, or a StreamReader that has all of it) and its
+        connection: the whole response's bytes, or a coroutine that relays it (writing to ``handler.transport``),
+        when it can be answered without aiohttp's request objects; else None, and aiohttp's loop takes the request.
+        Only the coroutine may read the body: reading can resume a paused transport, which re-enters data_received.
+        """
         if msg.upgrade or not msg.path.startswith("/"):
             return None
-        snap = app[LIVE_KEY].current
-        if memo is None or memo.snap is not snap:  # a reload forgets everything decided before
-            memo = Memo(snap, {})
+        memo = self._memo()
         key = (msg.method, msg.path.partition("?")[0], CorsRequest.header_key(msg.headers))
         known = memo.known.get(key) or memo.learn(key, msg)
         if known is None:
             return None
         has_body = payload is not EMPTY_PAYLOAD
         if known.head is not None:  # answered here, unless a body must be read first (rare: a rejection)
-            return None if has_body else _answered(app, taps, known, msg, handler.client)
+            if has_body:
+                return None
+            if (head := handler.sole_head()) is not None:
+                memo.learn_head(head, known, msg)
+            response = _answered(self.app, known, msg.method, msg.path, handler.client)
+            if self.taps:  # (a demo's wire view; empty in production)
+                _tap(self.taps, msg.method, msg.path, msg.headers, response)
+            return response
         host = msg.headers.get("Host")
-        if not host or (has_body and not _takes_body(snap, msg)):
+        if not host or (has_body and not _takes_body(memo.snap, msg)):
             return None
         request = Message(msg.method, msg.path, msg.headers, handler.client, _scheme(handler), host)
-        return _relayed(app, taps, snap, known.decision, request, handler, payload)
+        return _relayed(self.app, self.taps, memo.snap, known.decision, request, handler, payload)
 
-    return answer
+    def again(self, again: Again, handler: FastHandler) -> bytes | None:
+        """The response to a head found in ``heads``, if it was remembered under the config in force; else None."""
+        if self.taps or self.memo is None or self.memo.snap is not self.live.current:
+            return None  # (taps want the request's headers, which only the parser gives)
+        return _answered(self.app, again.known, again.method, again.path, handler.client)
 
 
 def _takes_body(snap: Snapshot, msg: RawRequestMessage) -> bool:
@@ -338,14 +417,11 @@ def _scheme(handler: FastHandler) -> str:
     return "https" if transport is not None and transport.get_extra_info("sslcontext") else "http"
 
 
-def _answered(app: web.Application, taps: list[Tap], known: Known, msg: RawRequestMessage, client: str) -> bytes:
-    ex = begin(app, Exchange(msg.method, msg.path, client, known.decision))
+def _answered(app: web.Application, known: Known, method: str, path: str, client: str) -> bytes:
+    ex = begin(app, Exchange(method, path, client, known.decision))
     ex.status, ex.bytes_out = known.decision.status or 500, len(known.body)
     notify(app, ex)
-    response = known.response()
-    if taps:  # (a demo's wire view; empty in production)
-        _tap(taps, msg.method, msg.path, msg.headers, response)
-    return response
+    return known.response()
 
 
 def _tap(taps: list[Tap], method: str, path: str, headers: CIMultiDictProxy[str], head: bytes) -> None:
@@ -359,7 +435,7 @@ def _tap(taps: list[Tap], method: str, path: str, headers: CIMultiDictProxy[str]
 
 async def _relayed(app: web.Application, taps: list[Tap], snap: Snapshot, decision: Decision, request: Message,
                    handler: FastHandler, payload: StreamReader) -> None:
-    data = payload.read_nowait()  # all of it is here (guard.FastAnswer)
+    data = payload.read_nowait()  # all of it is here (Answerer.__call__)
     body = Whole(data, len(data) if data or "Content-Length" in request.headers else None)
     ex = begin(app, Exchange(request.method, request.raw_path, request.remote or "-", decision, bytes_in=len(data)))
     try:

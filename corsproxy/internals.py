@@ -16,6 +16,7 @@ REQUEST_HANDLER = (
     "_waiter",  # aiohttp's loop waiting for a message: held back, then woken
     "_parser",  # message_consumed() for each message taken; dropped while idle, then remade (guard._new_parser)
     "_read_bufsize", "_upgraded",  # what a parser is made with; an upgrade's bytes are not the parser's
+    "_request_count",  # counted for a head answered without a parse too (fastpath.FastHandler._answered_again)
     "_close", "_force_close",  # closing after this response / now
     "_current_request", "_request_in_progress", "_handler_waiter",  # a request in flight; the stop waits for it
     "_keepalive_timeout", "_next_keepalive_close_time", "_keepalive_handle", "_process_keepalive",

@@ -46,7 +46,7 @@ from .app import build_app, reload
 from .config import RESTART_ONLY, Config, ConfigError
 from .decisions import DecisionLog
 from .exchange import LIVE_KEY
-from .fastpath import FastHandler, fast_answerer
+from .fastpath import Answerer, FastHandler
 from .guard import FD_SPARE, Descriptors, GuardedHandler, GuardedRunner
 from .listener import ListenSite
 from .metrics import ConfigState, Metrics, multiprocess_registry
@@ -88,7 +88,7 @@ def make_runner(app: web.Application, config: Config, *, fast_preflights: bool =
     descriptors: the upstream pool's connections stay possible when clients use up RLIMIT_NOFILE
     (guard.Descriptors): three a pooled connection (its socket, and the pipe a splice keeps).
     """
-    handler, kwargs = (FastHandler, {"fast_answer": fast_answerer(app)}) if fast_preflights else (GuardedHandler, {})
+    handler, kwargs = (FastHandler, {"fast_answer": Answerer(app)}) if fast_preflights else (GuardedHandler, {})
     # timeout_ceil_threshold: aiohttp's default as a float, which each connection then shares (float(5) is a new one).
     return GuardedRunner(app, handler_cancellation=True, access_log=None, timeout_ceil_threshold=5.0,
                          descriptors=Descriptors(3 * config.upstream.max_connections + FD_SPARE),

@@ -349,3 +349,27 @@ def test_the_memo_is_bounded() -> None:
 
 def _without_date(head: bytes) -> bytes:
     return b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"Date:"))
+
+
+async def test_a_head_answered_before_is_answered_again_unparsed_and_still_observed(
+        make_proxy: MakeProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    answer = fastpath.Answerer.__call__
+
+    def counting(self: fastpath.Answerer, msg, payload, handler):  # type: ignore[no-untyped-def]
+        parsed.append(msg.path)
+        return answer(self, msg, payload, handler)
+
+    monkeypatch.setattr(fastpath.Answerer, "__call__", counting)
+    proxy = await make_proxy(extra="debug:\n  decision_header: true\n")
+    first = await _exchange(proxy.url, PREFLIGHT, 1)  # a new connection each: the memory is the proxy's
+    again = await _exchange(proxy.url, PREFLIGHT + PREFLIGHT, 2)  # one chunk of two heads: parsed
+    assert parsed == ["/api/x"] * 3
+    for _ in range(2):
+        again += await _exchange(proxy.url, PREFLIGHT, 1)  # those very bytes again: not parsed
+    denied = await _exchange(proxy.url, DENIED, 1) + await _exchange(proxy.url, DENIED, 1)
+    assert parsed == ["/api/x"] * 4
+    assert {_without_date(h) for h in again} == {_without_date(first[0])}
+    assert _without_date(denied[0]) == _without_date(denied[1]) and denied[0].startswith(b"HTTP/1.1 403")
+    assert [e.decision.verdict for e in proxy.exchanges] == ["allowed"] * 5 + ["denied:origin"] * 2
+    assert _aiohttp_requests(proxy) == 0

@@ -64,7 +64,8 @@ async def test_a_parser_fastpath_remakes_is_made_as_aiohttps_own(monkeypatch: py
 
     monkeypatch.setattr(web_protocol, "HttpRequestParser", Recorder)
     server = web.Server(lambda request: None, loop=asyncio.get_running_loop())  # type: ignore[arg-type, return-value]
-    handler = FastHandler(server, fast_answer=lambda *_: None, loop=asyncio.get_running_loop(), header_timeout=1,
+    handler = FastHandler(server, fast_answer=None,  # type: ignore[arg-type]
+                          loop=asyncio.get_running_loop(), header_timeout=1,
                           body_timeout=1, max_field_size=16384, max_line_size=100, max_headers=7,
                           auto_decompress=False, read_bufsize=12345)
     handler._new_parser()
