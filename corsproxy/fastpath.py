@@ -9,6 +9,9 @@ commonest requests the proxy answers them from the parsed message instead:
 - a request to forward with no body, or a ``Content-Length`` body that arrived with its head: a
   coroutine that relays it through the same pool, the body leaving with the head in one write.
 
+A head the proxy answered itself is remembered as its bytes (``Memo.heads``): when those very bytes come again
+as a chunk of their own on a connection between messages, they get that answer again without a parse.
+
 Everything else — bodies still arriving, chunked or over ``limits.max_body_size`` or with
 ``Expect``, WebSockets, odd targets, ``Connection: close`` — returns None and takes aiohttp's path
 in :mod:`proxy`. This module is the connection's adapter over :mod:`exchange`, as :mod:`proxy` is aiohttp's:
