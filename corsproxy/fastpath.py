@@ -187,18 +187,15 @@ class FastHandler(GuardedHandler):
         # or a relay on it (a head that differs in one byte, or with anything before or after it, is parsed as ever).
         # (A longer chunk is never looked up: hashing it would cost a body's chunks more than the look-up saves.)
         again = self._fast_answer.heads.get(data) if len(data) <= MAX_REMEMBERED_HEAD else None
-        if again is not None and self._between() and (response := self._fast_answer.again(again, self)) is not None:
+        held_nothing = (self._at_rest or not self._rx) and not self._messages  # the parser, before this chunk
+        if again is not None and held_nothing and self._relay_task is None and self._task_handler is None \
+                and not self._after_chunked and not self._closing() \
+                and (response := self._fast_answer.again(again, self)) is not None:
             self._answered_again(data, response)
             return
-        # (the chunk's first message may then be all of it, and be remembered: sole_head)
-        self._chunk = data if (self._at_rest or not self._rx) and not self._messages else None
+        self._chunk = data if held_nothing else None  # (its first message may be all of it: sole_head)
         super()._received(data)
         self._chunk = None
-
-    def _between(self) -> bool:
-        """Between messages, the parser holding nothing, and no response of aiohttp's loop or a relay to come."""
-        return (self._at_rest or not self._rx) and not self._messages and self._relay_task is None \
-            and self._task_handler is None and not self._after_chunked and not self._closing()
 
     def _answered_again(self, data: bytes, response: bytes) -> None:
         """What parsing ``data`` into one message and answering it would have left on the connection."""
